@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny random-weight checkpoints written in OpenAI's exact layout."""
+import os
+import shutil
+
+import pytest
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(ROOT, 'src')
+VOCAB = os.path.join(SRC, 'vocab')
+
+# Real vocabulary size, so the real encoder works with the tiny model; everything else tiny.
+TINY_HPARAMS = dict(n_vocab=50257, n_ctx=64, n_embd=32, n_head=4, n_layer=2)
+
+
+def write_model(models_dir, name='tiny', hparams=None, seed=0, vocab=True):
+    """A random-weight model folder as download_model.py leaves it.  Returns its path."""
+    import model
+    h = model.default_hparams().override_from_dict(dict(hparams or TINY_HPARAMS))
+    path = os.path.join(str(models_dir), name)
+    model.save(path, h, model.init_params(h, seed=seed))
+    if vocab:
+        for f in ('encoder.json', 'vocab.bpe'):
+            shutil.copy(os.path.join(VOCAB, f), path)
+    return path
+
+
+@pytest.fixture(scope='session')
+def tiny_models_dir(tmp_path_factory):
+    """A models folder holding one tiny model named 'tiny' (read-only for tests)."""
+    d = tmp_path_factory.mktemp('models')
+    write_model(d, 'tiny')
+    return str(d)
