@@ -224,6 +224,33 @@ def init_params(hparams, seed=0, scope='model'):
     return params
 
 
+RELEASED_MODELS = ('124M', '355M', '774M', '1558M')
+LEGACY_NAMES = {'117M': '124M', '345M': '355M'}
+
+
+def model_path(model_name, models_dir='models'):
+    """The folder of a model inside models_dir, refusing names that would leave it.
+
+    The legacy names 117M and 345M find the folders 124M and 355M that download_model.py writes.
+    """
+    name = str(model_name)
+    models_dir = os.path.expanduser(os.path.expandvars(str(models_dir)))
+    if (not name or name in ('.', '..') or '/' in name or '\\' in name or '\0' in name
+            or os.path.isabs(name)):
+        raise ModelError(f'invalid model name {name!r}: give the name of a folder inside {models_dir}, '
+                         f'e.g. {RELEASED_MODELS[0]}')
+    path = os.path.join(models_dir, name)
+    if not os.path.isdir(path) and name in LEGACY_NAMES:
+        path = os.path.join(models_dir, LEGACY_NAMES[name])
+    if not os.path.isdir(path):
+        wanted = LEGACY_NAMES.get(name, name)
+        hint = (f'run: python download_model.py {wanted}' if wanted in RELEASED_MODELS else
+                f'models are {", ".join(RELEASED_MODELS)} (python download_model.py NAME) or your own '
+                f'checkpoint folders, e.g. from train.py')
+        raise ModelError(f'model {name} not found: {path} does not exist; {hint}')
+    return path
+
+
 def load_hparams(model_dir):
     """hparams.json in model_dir, over the 124M defaults, with clear errors."""
     path = os.path.join(model_dir, 'hparams.json')

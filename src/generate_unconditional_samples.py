@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Print unconditional GPT-2 samples: text that starts from <|endoftext|>, with no prompt."""
+import cli
+import encoder
+import model
+import sample
+from interactive_conditional_samples import path_parts, print_header
+
+
+def sample_model(model_name='124M', seed=None, nsamples=0, batch_size=1, length=None,
+                 temperature=1, top_k=0, top_p=1, models_dir='models'):
+    """
+    Run the sample_model
+    :model_name=124M : String, which model to use
+    :seed=None : Integer seed for random number generators, fix seed to
+     reproduce results
+    :nsamples=0 : Number of samples to return, if 0, continues to
+     generate samples indefinately.
+    :batch_size=1 : Number of batches (only affects speed/memory).
+    :length=None : Number of tokens in generated text, if None (default), is
+     determined by model hyperparameters (the whole context)
+    :temperature=1 : Float value controlling randomness in boltzmann
+     distribution. Lower temperature results in less random completions. As the
+     temperature approaches zero, the model will become deterministic and
+     repetitive. Higher temperature results in more random completions.
+    :top_k=0 : Integer value controlling diversity. 1 means only 1 word is
+     considered for each step (token), resulting in deterministic completions,
+     while 40 means 40 words are considered at each step. 0 (default) is a
+     special setting meaning no restrictions. 40 generally is a good value.
+    :top_p=1 : Float in (0, 1]: nucleus sampling keeps the smallest set of most
+     likely tokens whose probability adds up to top_p. 1 (default) turns it off.
+    :models_dir : path to parent folder containing model subfolders
+     (i.e. contains the <model_name> folder)
+    """
+    nsamples = cli.integer('nsamples', nsamples, minimum=0)
+    batch_size = cli.integer('batch_size', batch_size, minimum=1)
+    seed = cli.integer('seed', seed, allow_none=True)
+    length = cli.integer('length', length, minimum=1, allow_none=True)
+    temperature, top_k, top_p = sample.check_settings(temperature, top_k, top_p)
+
+    path = model.model_path(model_name, models_dir)
+    enc = encoder.get_encoder(*path_parts(path))
+    hparams, params = model.load(path)
+    if length is None:
+        length = hparams.n_ctx - 1   # the start token takes the first position
+    elif length > hparams.n_ctx - 1:
+        raise cli.UsageError(f"can't get samples longer than the context: --length {length} > "
+                             f'{hparams.n_ctx - 1} (this model has n_ctx={hparams.n_ctx})')
+    seeds = sample.seed_stream(seed)
+
+    generated = 0
+    while nsamples == 0 or generated < nsamples:
+        rows = batch_size if nsamples == 0 else min(batch_size, nsamples - generated)
+        out = sample.sample_sequence(hparams=hparams, params=params, length=length,
+                                     start_token=enc.eot_token, batch_size=rows, temperature=temperature,
+                                     top_k=top_k, top_p=top_p, seed=next(seeds)).numpy()
+        for row in out:
+            generated += 1
+            print_header(generated)
+            print(enc.decode(row[1:].tolist()), flush=True)
+
+
+if __name__ == '__main__':
+    cli.run(sample_model)

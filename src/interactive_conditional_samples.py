@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Continue prompts typed at the terminal (or piped in, one per line) with GPT-2 samples."""
+import sys
+
+import cli
+import encoder
+import model
+import sample
+
+
+def read_prompt():
+    """The next prompt, or None at end of input (Ctrl-D)."""
+    try:
+        text = input('Model prompt >>> ')
+    except EOFError:
+        return None
+    if not sys.stdin.isatty():
+        # Piped prompts are echoed, so the output reads like a terminal session.
+        print(text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace'))
+    return text
+
+
+def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, length=None,
+                   temperature=1, top_k=0, top_p=1, models_dir='models'):
+    """
+    Interactively run the model
+    :model_name=124M : String, which model to use
+    :seed=None : Integer seed for random number generators, fix seed to reproduce
+     results
+    :nsamples=1 : Number of samples to return total
+    :batch_size=1 : Number of batches (only affects speed/memory).
+    :length=None : Number of tokens in generated text, if None (default), is
+     determined by model hyperparameters (half the context)
+    :temperature=1 : Float value controlling randomness in boltzmann
+     distribution. Lower temperature results in less random completions. As the
+     temperature approaches zero, the model will become deterministic and
+     repetitive. Higher temperature results in more random completions.
+    :top_k=0 : Integer value controlling diversity. 1 means only 1 word is
+     considered for each step (token), resulting in deterministic completions,
+     while 40 means 40 words are considered at each step. 0 (default) is a
+     special setting meaning no restrictions. 40 generally is a good value.
+    :top_p=1 : Float in (0, 1]: nucleus sampling keeps the smallest set of most
+     likely tokens whose probability adds up to top_p. 1 (default) turns it off.
+    :models_dir : path to parent folder containing model subfolders
+     (i.e. contains the <model_name> folder)
+    """
+    nsamples = cli.integer('nsamples', nsamples, minimum=1)
+    batch_size = cli.integer('batch_size', batch_size, minimum=1)
+    seed = cli.integer('seed', seed, allow_none=True)
+    length = cli.integer('length', length, minimum=1, allow_none=True)
+    temperature, top_k, top_p = sample.check_settings(temperature, top_k, top_p)
+
+    path = model.model_path(model_name, models_dir)
+    enc = encoder.get_encoder(*path_parts(path))
+    hparams, params = model.load(path)
+    if length is None:
+        length = hparams.n_ctx // 2
+    elif length > hparams.n_ctx - 1:
+        raise cli.UsageError(f"can't get samples longer than the context: --length {length} > "
+                             f'{hparams.n_ctx - 1} (this model has n_ctx={hparams.n_ctx})')
+    seeds = sample.seed_stream(seed)
+    if hasattr(sys.stdin, 'reconfigure'):  # bytes that are not UTF-8 reach the check below
+        sys.stdin.reconfigure(errors='surrogateescape')
+
+    while True:
+        raw_text = read_prompt()
+        if raw_text is None:
+            print()
+            return
+        if not raw_text:
+            print('Prompt should not be empty!')
+            continue
+        if any('\udc80' <= c <= '\udcff' for c in raw_text):
+            print('error: the prompt is not valid UTF-8; set your terminal to UTF-8 and try again',
+                  file=sys.stderr)
+            continue
+        tokens = enc.encode(raw_text)
+        if len(tokens) + length > hparams.n_ctx:
+            print(f'error: the prompt is {len(tokens)} tokens; with --length {length} that exceeds the context '
+                  f'of {hparams.n_ctx}; shorten the prompt or lower --length', file=sys.stderr)
+            continue
+        generated = 0
+        while generated < nsamples:
+            rows = min(batch_size, nsamples - generated)
+            settings = dict(hparams=hparams, params=params, length=length, context=[tokens] * rows,
+                            temperature=temperature, top_k=top_k, top_p=top_p, seed=next(seeds))
+            if rows == 1:  # a single sample is shown as it is written
+                generated += 1
+                print_header(generated)
+                text = enc.stream_decoder()
+                for column in sample.stream_sequence(**settings):
+                    print(text.push(int(column[0])), end='', flush=True)
+                print(text.flush())
+                continue
+            out = sample.sample_sequence(**settings).numpy()
+            for row in out:
+                generated += 1
+                print_header(generated)
+                print(enc.decode(row[len(tokens):].tolist()), flush=True)
+        print('=' * 80, flush=True)
+
+
+def print_header(n):
+    print('=' * 40 + ' SAMPLE ' + str(n) + ' ' + '=' * 40)
+
+
+def path_parts(path):
+    """(model_name, models_dir) of a model folder, for encoder.get_encoder."""
+    import os
+    return os.path.basename(path), os.path.dirname(path)
+
+
+if __name__ == '__main__':
+    cli.run(interact_model)

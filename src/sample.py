@@ -1,0 +1,225 @@
+"""Sampling from GPT-2: truncation of the logits (top-k, nucleus) and a fast cached decoder.
+
+The decoder keeps a key/value cache of each layer in a preallocated buffer that is written in place
+(one slot per new token), runs the prompt through the model in a single pass, and compiles one step
+of the model with `tf.function` once, for every batch size, prompt length and output length.
+"""
+import secrets
+
+import numpy as np
+import tensorflow as tf
+
+import model
+
+
+class SampleError(ValueError):
+    """Sampling settings or a context that cannot be used, with the fix."""
+
+
+def top_k_logits(logits, k):
+    """Keep the k largest logits of each row (ties with the k-th included); k=0 keeps all."""
+    if k == 0:
+        return logits
+    k = min(int(k), logits.shape[-1])
+    kth = tf.math.top_k(logits, k=k, sorted=True).values[..., -1:]
+    return tf.where(logits < kth, tf.cast(-1e10, logits.dtype), logits)
+
+
+def top_p_logits(logits, p):
+    """Nucleus truncation (Holtzman et al. 2019) of each row: keep the smallest set of most likely
+    tokens whose probability adds up to at least p; p=1 keeps all.  Works for any batch size."""
+    if p >= 1:
+        return logits
+    sorted_logits = tf.sort(logits, axis=-1, direction='DESCENDING')
+    mass_before = tf.cumsum(tf.nn.softmax(sorted_logits, axis=-1), axis=-1, exclusive=True)
+    n_keep = tf.reduce_sum(tf.cast(mass_before < p, tf.int32), axis=-1, keepdims=True)   # >= 1
+    lowest_kept = tf.gather(sorted_logits, tf.maximum(n_keep, 1) - 1, batch_dims=logits.shape.rank - 1)
+    return tf.where(logits < lowest_kept, tf.cast(-1e10, logits.dtype), logits)
+
+
+def check_settings(temperature=1, top_k=0, top_p=1):
+    """Validate sampling settings, returning them as (float, int, float)."""
+    def number(name, value, kind):
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise SampleError(f'{name} must be a number, got {value!r}')
+        return value
+    temperature = float(number('temperature', temperature, (int, float)))
+    if not np.isfinite(temperature) or temperature < 0:
+        raise SampleError(f'temperature must be >= 0 (0 means greedy), got {temperature}')
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise SampleError(f'top_k must be an integer >= 0 (0 means no top-k truncation), got {top_k!r}')
+    top_p = float(number('top_p', top_p, (int, float)))
+    if not 0 < top_p <= 1:
+        raise SampleError(f'top_p must be in (0, 1] (1 means no nucleus truncation), got {top_p}')
+    return temperature, int(top_k), top_p
+
+
+class Decoder:
+    """A compiled, cached GPT-2 decoder for one set of weights.
+
+    `params` may hold tensors or tf.Variables; variables are read at every step, so a decoder built
+    during training samples from the current weights.
+    """
+
+    def __init__(self, hparams, params):
+        self.hparams, self.params = hparams, params
+        wte = params['model/wte']
+        # Frozen weights: a [n_embd, n_vocab] copy makes the logits matmul (the largest one) ~1.3-1.9x faster.
+        self.wte_t = None if isinstance(wte, tf.Variable) else tf.transpose(wte)
+        n, heads = hparams['n_layer'], hparams['n_head']
+        # Per layer: keys and values [batch, heads, capacity, head_dim], reallocated by start().
+        shape = tf.TensorShape([None, heads, None, hparams['n_embd'] // heads])
+        empty = tf.zeros([0] + shape[1:2].as_list() + [0] + shape[3:].as_list())
+        self.k_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
+        self.v_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
+        self.step = tf.function(self._step, input_signature=[
+            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)])
+        self._choosers = {}
+
+    def start(self, batch, capacity):
+        """Empty caches for `batch` rows of up to `capacity` tokens."""
+        h = self.hparams
+        shape = [batch, h['n_head'], capacity, h['n_embd'] // h['n_head']]
+        for cache in self.k_cache + self.v_cache:
+            cache.assign(tf.zeros(shape))
+
+    def _step(self, tokens, pos):
+        """Feed tokens [batch, n] at positions pos..pos+n-1; returns the last position's logits [batch, n_vocab]."""
+        h, p = self.hparams, self.params
+        n_head = h['n_head']
+        n = tf.shape(tokens)[1]
+        x = tf.gather(p['model/wte'], tokens) + tf.gather(p['model/wpe'], pos + tf.range(n))[None]
+        capacity = tf.shape(self.k_cache[0])[2]
+        # Query i (at pos + i) sees cache slots j <= pos + i; later slots hold zeros or stale keys.
+        mask = tf.range(capacity)[None, :] <= pos + tf.range(n)[:, None]                      # [n, capacity]
+        for layer in range(h['n_layer']):
+            s = f'model/h{layer}'
+            a = model.norm(x, p[s + '/ln_1/g'], p[s + '/ln_1/b'])
+            c = model.conv1d(a, p[s + '/attn/c_attn/w'], p[s + '/attn/c_attn/b'])
+            q, k, v = (model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2))      # [batch, heads, n, hd]
+            self.k_cache[layer][:, :, pos:pos + n].assign(k)
+            self.v_cache[layer][:, :, pos:pos + n].assign(v)
+            keys, values = self.k_cache[layer].read_value(), self.v_cache[layer].read_value()
+            w = tf.matmul(q, keys, transpose_b=True) * tf.math.rsqrt(tf.cast(tf.shape(q)[-1], tf.float32))
+            w = tf.nn.softmax(tf.where(mask, w, -1e10), axis=-1)                            # [batch, heads, n, capacity]
+            a = model.merge_heads(tf.matmul(w, values))
+            x = x + model.conv1d(a, p[s + '/attn/c_proj/w'], p[s + '/attn/c_proj/b'])
+            x = x + model.mlp(model.norm(x, p[s + '/ln_2/g'], p[s + '/ln_2/b']), p, s + '/mlp')
+        last = model.norm(x[:, -1], p['model/ln_f/g'], p['model/ln_f/b'])                    # [batch, n_embd]
+        if self.wte_t is not None:
+            return tf.matmul(last, self.wte_t)
+        return tf.matmul(last, p['model/wte'], transpose_b=True)
+
+    def chooser(self, temperature, top_k, top_p):
+        """A compiled function (logits [batch, n_vocab], seed [2]) -> next tokens int32 [batch]."""
+        key = (temperature, top_k, top_p)
+        if key not in self._choosers:
+            def choose(logits, seed):
+                if temperature == 0 or top_k == 1:
+                    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+                logits = logits / temperature
+                if top_k:
+                    values, indices = tf.math.top_k(logits, k=min(top_k, logits.shape[-1]))
+                    values = top_p_logits(values, top_p)
+                    pick = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)
+                    return tf.gather(indices, pick, batch_dims=1)[:, 0]
+                logits = top_p_logits(logits, top_p)
+                return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
+            self._choosers[key] = tf.function(choose, input_signature=[
+                tf.TensorSpec([None, self.hparams['n_vocab']], tf.float32), tf.TensorSpec([2], tf.int32)])
+        return self._choosers[key]
+
+
+def seed_stream(seed=None):
+    """Seeds for successive sample_sequence calls: a fixed seed reproduces a whole session."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield int(rng.integers(2**31))
+
+
+_decoders = []   # the most recent (params, Decoder) pairs, so repeated calls reuse the compiled step
+
+
+def decoder_for(hparams, params):
+    """The cached Decoder for these params (the same dict object), or a new one."""
+    for p, d in _decoders:
+        if p is params and d.hparams == hparams:
+            return d
+    d = Decoder(hparams, params)
+    _decoders.insert(0, (params, d))
+    del _decoders[2:]
+    return d
+
+
+def _context_array(hparams, start_token, batch_size, context):
+    """The prompt as int32 [batch, n], validated."""
+    if (start_token is None) == (context is None):
+        raise SampleError('specify exactly one of start_token or context')
+    if start_token is not None:
+        if batch_size is None:
+            raise SampleError('start_token needs batch_size')
+        context = [[start_token]] * int(batch_size)
+    if isinstance(context, tf.Tensor):
+        context = context.numpy()
+    try:
+        ctx = np.asarray(context)
+    except ValueError:
+        raise SampleError('context rows must all have the same length') from None
+    if ctx.dtype == object:
+        raise SampleError('context rows must all have the same length (pad or group prompts by length)')
+    if ctx.ndim == 1:
+        ctx = np.tile(ctx[None], [int(batch_size or 1), 1])
+    if ctx.ndim != 2:
+        raise SampleError(f'context must be [batch, tokens], got shape {ctx.shape}')
+    if ctx.size and not np.issubdtype(ctx.dtype, np.integer):
+        raise SampleError(f'context must hold integer token ids, got {ctx.dtype}')
+    if batch_size is not None and ctx.shape[0] != batch_size:
+        raise SampleError(f'context has {ctx.shape[0]} rows but batch_size is {batch_size}')
+    if ctx.shape[0] == 0 or ctx.shape[1] == 0:
+        raise SampleError('context is empty; give at least one token (e.g. <|endoftext|>, id 50256)')
+    if ctx.min() < 0 or ctx.max() >= hparams['n_vocab']:
+        raise SampleError(f'context holds token ids outside [0, {hparams["n_vocab"]})')
+    return ctx.astype(np.int32)
+
+
+def stream_sequence(*, hparams, params, length, start_token=None, batch_size=None, context=None,
+                    temperature=1, top_k=0, top_p=1, seed=None):
+    """Like sample_sequence, but yields each new column of tokens (int32 numpy [batch]) as it is drawn."""
+    temperature, top_k, top_p = check_settings(temperature, top_k, top_p)
+    ctx = _context_array(hparams, start_token, batch_size, context)
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+        raise SampleError(f'length must be an integer >= 0, got {length!r}')
+    batch, n = ctx.shape
+    if n + length > hparams['n_ctx']:
+        raise SampleError(f'{n} context tokens + {length} new ones exceed the model\'s context of '
+                          f'{hparams["n_ctx"]} tokens; shorten the prompt or lower length')
+    if length == 0:
+        return
+    seed = secrets.randbits(31) if seed is None else int(seed)
+    decoder = decoder_for(hparams, params)
+    choose = decoder.chooser(temperature, top_k, top_p)
+    # Capacity rounded up to a multiple of 64 bounds the attention work without a fresh buffer per length.
+    decoder.start(batch, min(hparams['n_ctx'], -(-(n + length) // 64) * 64))
+    logits = decoder.step(tf.constant(ctx), tf.constant(0))
+    for i in range(length):
+        token = choose(logits, tf.constant([seed % 2**31, i], tf.int32))
+        yield token.numpy()
+        if i + 1 < length:
+            logits = decoder.step(token[:, None], tf.constant(n + i))
+
+
+def sample_sequence(*, hparams, params, length, start_token=None, batch_size=None, context=None,
+                    temperature=1, top_k=0, top_p=1, seed=None):
+    """Sample `length` tokens after a context; returns int32 [batch, context_len + length].
+
+    Give exactly one of `start_token` (with `batch_size`) or `context` ([batch, n] ids as a list of
+    lists, numpy array or tensor; each row is its own prompt; a single row is repeated batch_size times).
+    temperature=0 or top_k=1 is greedy decoding; top_k=0 and top_p=1 turn those truncations off.
+    The same seed gives the same tokens.
+    """
+    columns = list(stream_sequence(hparams=hparams, params=params, length=length, start_token=start_token,
+                                   batch_size=batch_size, context=context, temperature=temperature,
+                                   top_k=top_k, top_p=top_p, seed=seed))
+    ctx = _context_array(hparams, start_token, batch_size, context)
+    new = np.stack(columns, axis=1) if columns else np.zeros([ctx.shape[0], 0], np.int32)
+    return tf.constant(np.concatenate([ctx, new], axis=1), tf.int32)

@@ -1,0 +1,137 @@
+"""The two sampling scripts, in process (fast) and as subprocesses (flags, exit codes, stdin)."""
+import io
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SRC, write_model
+
+import generate_unconditional_samples as uncond
+import interactive_conditional_samples as interactive
+
+HEADER = re.compile(r'^=+ SAMPLE (\d+) =+$', re.M)
+
+
+def headers(text):
+    return [int(n) for n in HEADER.findall(text)]
+
+
+@pytest.mark.parametrize('nsamples,batch_size', [(1, 1), (3, 2), (4, 4), (5, 3)])
+def test_unconditional_sample_count(tiny_models_dir, capsys, nsamples, batch_size):
+    uncond.sample_model(model_name='tiny', models_dir=tiny_models_dir, nsamples=nsamples,
+                        batch_size=batch_size, length=4, seed=1, top_k=40)
+    assert headers(capsys.readouterr().out) == list(range(1, nsamples + 1))
+
+
+def test_interactive_counts_and_prompts(tiny_models_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, 'stdin', io.StringIO('first prompt\n\nsecond prompt\n'))
+    interactive.interact_model(model_name='tiny', models_dir=tiny_models_dir, nsamples=3, batch_size=2,
+                               length=5, seed=2)
+    out = capsys.readouterr().out
+    assert headers(out) == [1, 2, 3, 1, 2, 3]
+    assert out.count('Prompt should not be empty!') == 1
+    assert out.count('=' * 80 + '\n') == 2
+
+
+def test_interactive_greedy_continues_the_prompt(tiny_models_dir, capsys, monkeypatch):
+    import encoder
+    import model
+    import sample
+    monkeypatch.setattr(sys, 'stdin', io.StringIO('The quick brown fox\n'))
+    interactive.interact_model(model_name='tiny', models_dir=tiny_models_dir, length=6, top_k=1)
+    out = capsys.readouterr().out
+    enc = encoder.get_encoder('tiny', tiny_models_dir)
+    h, p = model.load(os.path.join(tiny_models_dir, 'tiny'))
+    ctx = enc.encode('The quick brown fox')
+    expected = sample.sample_sequence(hparams=h, params=p, length=6, context=[ctx], top_k=1).numpy()[0]
+    assert enc.decode(expected[len(ctx):].tolist()) + '\n' in out
+
+
+def test_interactive_refuses_overlong_prompt(tiny_models_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, 'stdin', io.StringIO('word ' * 70 + '\nshort\n'))
+    interactive.interact_model(model_name='tiny', models_dir=tiny_models_dir, length=5)
+    captured = capsys.readouterr()
+    assert 'exceeds the context of 64' in captured.err
+    assert headers(captured.out) == [1]
+
+
+def test_same_seed_same_session(tiny_models_dir, capsys):
+    run = lambda seed: (uncond.sample_model(model_name='tiny', models_dir=tiny_models_dir, nsamples=3,
+                                            batch_size=1, length=8, seed=seed), capsys.readouterr().out)[1]
+    a, b, c = run(4), run(4), run(5)
+    assert a == b and a != c
+    samples = HEADER.split(a)
+    assert len(set(samples[2::2])) == 3   # successive batches differ
+
+
+def script(name, *args, stdin=''):
+    env = dict(os.environ)
+    env.pop('TF_CPP_MIN_LOG_LEVEL', None)
+    return subprocess.run([sys.executable, os.path.join(SRC, name), *args], input=stdin.encode()
+                          if isinstance(stdin, str) else stdin, capture_output=True, timeout=120, env=env)
+
+
+def test_interactive_subprocess_piped_prompts_and_eof(tiny_models_dir):
+    r = script('interactive_conditional_samples.py', '--model_name', 'tiny', '--models_dir', tiny_models_dir,
+               '--length', '4', '--nsamples', '2', stdin=b'Hello\n\xff\xfe bad bytes\nWorld\n')
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    assert headers(out) == [1, 2, 1, 2]
+    assert r.stderr.decode().strip().splitlines() == ['error: the prompt is not valid UTF-8; set your terminal '
+                                                      'to UTF-8 and try again']
+
+
+def run_cli(fn, args, capsys, monkeypatch):
+    """cli.run in process, as `python script.py ARGS` would call it.  Returns (exit status, stderr)."""
+    import cli
+    monkeypatch.setattr(sys, 'argv', ['script.py', *args])
+    with pytest.raises(SystemExit) as e:
+        cli.run(fn)
+    return e.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize('args,fragment', [
+    (['--top_k', '-3'], 'top_k'),
+    (['--top_p', '1.5'], 'top_p'),
+    (['--temperature', '-1'], 'temperature'),
+    (['--nsamples', 'two'], 'nsamples'),
+    (['--batch_size', '0'], 'batch_size'),
+    (['--seed', 'x'], 'seed'),
+    (['--length', '500'], 'longer than the context'),
+    (['--bogus', '1'], 'unknown flag --bogus'),
+    (['--model_name', '../tiny'], 'invalid model name'),
+    (['--model_name', '774M'], 'download_model.py 774M'),
+])
+@pytest.mark.parametrize('fn', [uncond.sample_model, interactive.interact_model])
+def test_bad_flags_one_line(tiny_models_dir, capsys, monkeypatch, fn, args, fragment):
+    code, err = run_cli(fn, ['--model_name', 'tiny', '--models_dir', tiny_models_dir, '--nsamples', '1', *args],
+                        capsys, monkeypatch)
+    assert code == 1
+    assert len(err.splitlines()) == 1 and err.startswith('error:') and fragment in err, err
+
+
+def test_bad_flag_subprocess(tiny_models_dir):
+    r = script('generate_unconditional_samples.py', '--models_dir', tiny_models_dir, '--top_p', '2')
+    err = r.stderr.decode().strip()
+    assert r.returncode == 1 and err.splitlines() == ['error: top_p must be in (0, 1] (1 means no nucleus '
+                                                      'truncation), got 2.0'] and not r.stdout
+
+
+def test_half_downloaded_model_folder(tmp_path, capsys, monkeypatch):
+    path = write_model(tmp_path, '124M')
+    os.unlink(os.path.join(path, 'model.ckpt.data-00000-of-00001'))
+    code, err = run_cli(uncond.sample_model, ['--models_dir', str(tmp_path), '--nsamples', '1'], capsys,
+                        monkeypatch)
+    assert code == 1 and len(err.splitlines()) == 1
+    assert 'model.ckpt.data-00000-of-00001 is missing' in err and 'download_model.py 124M' in err
+
+
+def test_unconditional_subprocess_legacy_name(tmp_path):
+    write_model(tmp_path, '124M')
+    r = script('generate_unconditional_samples.py', '--model_name', '117M', '--models_dir', str(tmp_path),
+               '--nsamples', '2', '--batch_size', '2', '--length', '3', '--top_k', '40')
+    assert r.returncode == 0, r.stderr
+    assert headers(r.stdout.decode()) == [1, 2]
