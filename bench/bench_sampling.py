@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Sampling speed of sample.py beside Hugging Face transformers (PyTorch, CPU), on the same weights.
+
+    pip install torch==2.13.0 transformers     # the peer; not in requirements.txt
+    python bench/bench_sampling.py             # 124M shape, 32-token prompt, 128 new tokens, top_k 40
+
+Random weights of the real 124M shape are written once as an OpenAI checkpoint (what model.load
+reads) and copied, tensor for tensor, into a transformers GPT-2 folder (what from_pretrained reads).
+Each measurement runs in a fresh child process, ours and the peer's alternating, with the same
+thread count, so that 'time to first token' counts everything from process start: imports, loading
+the weights, tracing or compiling, and the prompt pass.  Reported per batch size:
+  first token  seconds from process start to the first new token (cold)
+  tok/s        new tokens per second of a second, warm generate() call (prompt pass included)
+  decode tok/s new tokens per second after the first one, in that warm call
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, '..', 'src'))
+
+
+def prepare(folder, seed):
+    """An OpenAI-layout 124M checkpoint in folder/ours/124M and the same weights in folder/peer."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    import numpy as np
+    import model
+    h = model.default_hparams()
+    params = model.init_params(h, seed=seed)
+    model.save(os.path.join(folder, 'ours', '124M'), h, params)
+    from safetensors.numpy import save_file
+    p = {k: v.numpy() for k, v in params.items()}
+    hf = {'transformer.wte.weight': p['model/wte'], 'transformer.wpe.weight': p['model/wpe'],
+          'transformer.ln_f.weight': p['model/ln_f/g'], 'transformer.ln_f.bias': p['model/ln_f/b']}
+    for i in range(h.n_layer):
+        for ours, theirs in [('ln_1/g', 'ln_1.weight'), ('ln_1/b', 'ln_1.bias'), ('ln_2/g', 'ln_2.weight'),
+                             ('ln_2/b', 'ln_2.bias'), ('attn/c_attn/w', 'attn.c_attn.weight'),
+                             ('attn/c_attn/b', 'attn.c_attn.bias'), ('attn/c_proj/w', 'attn.c_proj.weight'),
+                             ('attn/c_proj/b', 'attn.c_proj.bias'), ('mlp/c_fc/w', 'mlp.c_fc.weight'),
+                             ('mlp/c_fc/b', 'mlp.c_fc.bias'), ('mlp/c_proj/w', 'mlp.c_proj.weight'),
+                             ('mlp/c_proj/b', 'mlp.c_proj.bias')]:
+            v = p[f'model/h{i}/{ours}']
+            hf[f'transformer.h.{i}.{theirs}'] = np.ascontiguousarray(v[0] if v.ndim == 3 else v)
+    peer = os.path.join(folder, 'peer')
+    os.makedirs(peer, exist_ok=True)
+    save_file(hf, os.path.join(peer, 'model.safetensors'), metadata={'format': 'pt'})
+    config = dict(model_type='gpt2', architectures=['GPT2LMHeadModel'], vocab_size=h.n_vocab,
+                  n_positions=h.n_ctx, n_embd=h.n_embd, n_layer=h.n_layer, n_head=h.n_head,
+                  activation_function='gelu_new', layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+                  bos_token_id=50256, eos_token_id=50256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    with open(os.path.join(peer, 'config.json'), 'w') as f:
+        json.dump(config, f)
+
+
+def run_ours(folder, batch, prompt, new, top_k, threads, started):
+    import numpy as np
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    import model
+    import sample
+    hparams, params = model.load(os.path.join(folder, 'ours', '124M'))
+    context = np.random.default_rng(1).integers(0, hparams.n_vocab, size=(batch, prompt))
+    result = {}
+    for call in ('cold', 'warm'):
+        t0, stamps = time.time(), []
+        for _ in sample.stream_sequence(hparams=hparams, params=params, length=new, context=context,
+                                        top_k=top_k, seed=0):
+            stamps.append(time.time())
+        result[call] = (t0, stamps)
+    return result
+
+
+def run_peer(folder, batch, prompt, new, top_k, threads, started):
+    import numpy as np
+    import torch
+    torch.set_num_threads(threads)
+    from transformers import GPT2LMHeadModel
+    from transformers.generation.streamers import BaseStreamer
+    peer = GPT2LMHeadModel.from_pretrained(os.path.join(folder, 'peer')).eval()
+
+    class Stamps(BaseStreamer):
+        def __init__(self):
+            self.stamps, self.calls = [], 0
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls > 1:       # the first put is the prompt
+                self.stamps.append(time.time())
+
+        def end(self):
+            pass
+
+    ids = torch.tensor(np.random.default_rng(1).integers(0, 50257, size=(batch, prompt)))
+    result = {}
+    for call in ('cold', 'warm'):
+        torch.manual_seed(0)
+        streamer, t0 = Stamps(), time.time()
+        with torch.inference_mode():
+            peer.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=top_k, top_p=1.0,
+                          temperature=1.0, max_new_tokens=new, min_new_tokens=new, use_cache=True,
+                          pad_token_id=50256, streamer=streamer)
+        result[call] = (t0, streamer.stamps)
+    return result
+
+
+def child(args):
+    """One measurement, printed as JSON on the last line of stdout."""
+    fn = run_ours if args.child == 'ours' else run_peer
+    result = fn(args.folder, args.batch, args.prompt, args.new, args.top_k, args.threads, args.started)
+    (t0c, cold), (t0, warm) = result['cold'], result['warm']
+    assert len(cold) == len(warm) == args.new, (len(cold), len(warm))
+    print(json.dumps({
+        'first_token_s': cold[0] - args.started,
+        'tok_s': args.batch * args.new / (warm[-1] - t0),
+        'decode_tok_s': args.batch * (args.new - 1) / (warm[-1] - warm[0]),
+    }))
+
+
+def measure(who, folder, batch, args):
+    cmd = [sys.executable, os.path.abspath(__file__), '--child', who, '--folder', folder, '--batch', str(batch),
+           '--prompt', str(args.prompt), '--new', str(args.new), '--top_k', str(args.top_k),
+           '--threads', str(args.threads), '--started', repr(time.time())]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        sys.exit(f'{who} failed:\n{out.stderr[-3000:]}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--batch_sizes', default='1,8', help='comma-separated batch sizes')
+    ap.add_argument('--prompt', type=int, default=32, help='prompt tokens')
+    ap.add_argument('--new', type=int, default=128, help='new tokens per row')
+    ap.add_argument('--top_k', type=int, default=40)
+    ap.add_argument('--repeats', type=int, default=2, help='child processes per (side, batch size); median kept')
+    ap.add_argument('--threads', type=int, default=os.cpu_count(), help='threads for both sides')
+    ap.add_argument('--json', help='also write the results here')
+    ap.add_argument('--child', help=argparse.SUPPRESS)
+    ap.add_argument('--folder', help=argparse.SUPPRESS)
+    ap.add_argument('--batch', type=int, help=argparse.SUPPRESS)
+    ap.add_argument('--started', type=float, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    with tempfile.TemporaryDirectory() as folder:
+        prep = subprocess.run([sys.executable, '-c', f'import sys; sys.path.insert(0, {HERE!r}); '
+                               f'import bench_sampling as b; b.prepare({folder!r}, 0)'], capture_output=True,
+                              text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+        if prep.returncode:
+            sys.exit(f'preparing the weights failed:\n{prep.stderr[-3000:]}')
+        rows = []
+        for batch in [int(b) for b in args.batch_sizes.split(',')]:
+            runs = {'ours': [], 'peer': []}
+            for _ in range(args.repeats):
+                for who in ('ours', 'peer'):
+                    runs[who].append(measure(who, folder, batch, args))
+            med = {who: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for who, rs in runs.items()}
+            rows.append((batch, med))
+
+    print(f'GPT-2 124M shape, fp32 CPU, {args.threads} threads, prompt {args.prompt}, {args.new} new tokens, '
+          f'top_k {args.top_k}, median of {args.repeats} processes each')
+    print(f'{"batch":>5} {"":>6} {"first token s":>14} {"tok/s":>8} {"decode tok/s":>13}')
+    for batch, med in rows:
+        for who in ('ours', 'peer'):
+            m = med[who]
+            print(f'{batch:>5} {who:>6} {m["first_token_s"]:>14.2f} {m["tok_s"]:>8.1f} {m["decode_tok_s"]:>13.1f}')
+        o, p = med['ours'], med['peer']
+        print(f'{batch:>5} {"ratio":>6} {o["first_token_s"] / p["first_token_s"]:>13.2f}x '
+              f'{o["tok_s"] / p["tok_s"]:>7.2f}x {o["decode_tok_s"] / p["decode_tok_s"]:>12.2f}x')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump([{'batch': b, **m} for b, m in rows], f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
