@@ -72,7 +72,7 @@ class Decoder:
         empty = tf.zeros([0] + shape[1:2].as_list() + [0] + shape[3:].as_list())
         self.k_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
         self.v_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
-        self.step = tf.function(self._step, input_signature=[
+        self.step = tf.function(self._step, autograph=False, input_signature=[
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)])
         self._choosers = {}
 
@@ -125,7 +125,7 @@ class Decoder:
                     return tf.gather(indices, pick, batch_dims=1)[:, 0]
                 logits = top_p_logits(logits, top_p)
                 return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
-            self._choosers[key] = tf.function(choose, input_signature=[
+            self._choosers[key] = tf.function(choose, autograph=False, input_signature=[
                 tf.TensorSpec([None, self.hparams['n_vocab']], tf.float32), tf.TensorSpec([2], tf.int32)])
         return self._choosers[key]
 
