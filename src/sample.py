@@ -4,6 +4,7 @@ The decoder keeps a key/value cache of each layer in a preallocated buffer that 
 (one slot per new token), runs the prompt through the model in a single pass, and compiles one step
 of the model with `tf.function` once, for every batch size, prompt length and output length.
 """
+import os
 import secrets
 
 import numpy as np
@@ -61,7 +62,7 @@ class Decoder:
     during training samples from the current weights.
     """
 
-    def __init__(self, hparams, params):
+    def __init__(self, hparams, params, xla=None):
         self.hparams, self.params = hparams, params
         wte = params['model/wte']
         # Frozen weights: a [n_embd, n_vocab] copy makes the logits matmul (the largest one) ~1.3-1.9x faster.
@@ -72,8 +73,15 @@ class Decoder:
         empty = tf.zeros([0] + shape[1:2].as_list() + [0] + shape[3:].as_list())
         self.k_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
         self.v_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
-        self.step = tf.function(self._step, autograph=False, input_signature=[
-            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)])
+        # The prompt pass: any number of tokens, traced once.  The one-token step that follows it is
+        # compiled with XLA (once per batch size and cache capacity), 1.3-1.6x faster on CPU.
+        self.xla = xla_available() if xla is None else xla
+        spec = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)]
+        self.step = tf.function(lambda tokens, pos: self._step(tokens, pos, xla=False), autograph=False,
+                                input_signature=spec)
+        self.step_one = self.step if not self.xla else tf.function(
+            lambda tokens, pos: self._step(tokens, pos, xla=True), autograph=False, jit_compile=True,
+            input_signature=[tf.TensorSpec([None, 1], tf.int32), spec[1]])
         self._choosers = {}
 
     def start(self, batch, capacity):
@@ -83,7 +91,7 @@ class Decoder:
         for cache in self.k_cache + self.v_cache:
             cache.assign(tf.zeros(shape))
 
-    def _step(self, tokens, pos):
+    def _step(self, tokens, pos, xla):
         """Feed tokens [batch, n] at positions pos..pos+n-1; returns the last position's logits [batch, n_vocab]."""
         h, p = self.hparams, self.params
         n_head = h['n_head']
@@ -97,9 +105,8 @@ class Decoder:
             a = model.norm(x, p[s + '/ln_1/g'], p[s + '/ln_1/b'])
             c = model.conv1d(a, p[s + '/attn/c_attn/w'], p[s + '/attn/c_attn/b'])
             q, k, v = (model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2))      # [batch, heads, n, hd]
-            self.k_cache[layer][:, :, pos:pos + n].assign(k)
-            self.v_cache[layer][:, :, pos:pos + n].assign(v)
-            keys, values = self.k_cache[layer].read_value(), self.v_cache[layer].read_value()
+            keys = _write(self.k_cache[layer], k, pos, xla)                                 # [batch, heads, capacity, hd]
+            values = _write(self.v_cache[layer], v, pos, xla)
             w = tf.matmul(q, keys, transpose_b=True) * tf.math.rsqrt(tf.cast(tf.shape(q)[-1], tf.float32))
             w = tf.nn.softmax(tf.where(mask, w, -1e10), axis=-1)                            # [batch, heads, n, capacity]
             a = model.merge_heads(tf.matmul(w, values))
@@ -135,6 +142,29 @@ def seed_stream(seed=None):
     rng = np.random.default_rng(seed)
     while True:
         yield int(rng.integers(2**31))
+
+
+def xla_available():
+    """XLA for the one-token step, unless GPT2_XLA=0 or this TensorFlow lacks it."""
+    if os.environ.get('GPT2_XLA', '1') == '0':
+        return False
+    try:
+        from tensorflow.compiler.tf2xla.python import xla  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _write(cache, new, pos, xla):
+    """Write new [batch, heads, n, hd] into the cache variable at slot pos, in place; return the cache."""
+    if xla:
+        from tensorflow.compiler.tf2xla.python import xla as xla_ops
+        zero = tf.zeros([], tf.int32)
+        updated = xla_ops.dynamic_update_slice(cache.read_value(), new, tf.stack([zero, zero, pos, zero]))
+        cache.assign(updated)
+        return updated
+    cache[:, :, pos:pos + tf.shape(new)[2]].assign(new)
+    return cache.read_value()
 
 
 _decoders = []   # the most recent (params, Decoder) pairs, so repeated calls reuse the compiled step
@@ -205,7 +235,7 @@ def stream_sequence(*, hparams, params, length, start_token=None, batch_size=Non
         token = choose(logits, tf.constant([seed % 2**31, i], tf.int32))
         yield token.numpy()
         if i + 1 < length:
-            logits = decoder.step(token[:, None], tf.constant(n + i))
+            logits = decoder.step_one(token[:, None], tf.constant(n + i))
 
 
 def sample_sequence(*, hparams, params, length, start_token=None, batch_size=None, context=None,

@@ -208,3 +208,23 @@ def test_length_zero_returns_the_context(tiny):
     h, p = tiny
     out = sample.sample_sequence(hparams=h, params=p, length=0, context=[[1, 2, 3]])
     np.testing.assert_array_equal(out.numpy(), [[1, 2, 3]])
+
+
+def test_xla_and_graph_steps_agree(tiny):
+    """The XLA one-token step and the graph step write the same cache and give the same logits."""
+    h, p = tiny
+    if not sample.xla_available():
+        pytest.skip('XLA is not available in this TensorFlow build')
+    ctx = tf.constant(contexts(h, 3, 6, seed=7).astype(np.int32))
+    tokens = contexts(h, 3, 10, seed=8).astype(np.int32)
+    logits = {}
+    for xla in (False, True):
+        d = sample.Decoder(h, p, xla=xla)
+        d.start(3, 64)
+        out = [d.step(ctx, tf.constant(0))]
+        for i in range(10):
+            out.append(d.step_one(tf.constant(tokens[:, i:i + 1]), tf.constant(6 + i)))
+        logits[xla] = np.stack([o.numpy() for o in out])
+        full = model.model(h, np.concatenate([ctx.numpy(), tokens], 1), params=p)['logits'].numpy()
+        np.testing.assert_allclose(logits[xla], full[:, 5:].transpose(1, 0, 2), atol=1e-4)
+    np.testing.assert_allclose(logits[True], logits[False], atol=1e-4)
