@@ -47,12 +47,23 @@ def user_errors():
 
 
 def check_flags(fn, argv):
-    """Refuse flags that fn does not take, in one line (fire would print its whole usage)."""
+    """Refuse unknown commands and flags in one line (fire would print its whole usage screen).
+
+    fn is the function that fire calls, or a dict {command name: function}."""
+    if isinstance(fn, dict):
+        if not argv or argv[0] in ('-h', '--help'):
+            return
+        if argv[0] not in fn:
+            raise UsageError(f'unknown command {argv[0]!r}; choose one of {", ".join(fn)}')
+        fn, argv = fn[argv[0]], argv[1:]
     params = inspect.signature(fn).parameters
     for arg in argv:
+        if arg == '--':
+            break
         if arg.startswith('--') and len(arg) > 2:
             name = arg[2:].split('=', 1)[0].replace('-', '_')
-            if name not in params and name not in ('help', 'helpfull'):
+            negated = name.startswith('no') and name[2:] in params   # fire's --noflag for booleans
+            if name not in params and not negated and name not in ('help', 'helpfull'):
                 raise UsageError(f'unknown flag --{name}; valid flags: '
                                  + ' '.join('--' + p for p in params))
 
@@ -67,18 +78,42 @@ def integer(name, value, minimum=None, allow_none=False):
     return value
 
 
-def run(fn):
-    """Run fn as a fire CLI: user errors become 'error: ...' and exit status 1, Ctrl-C exit status 130."""
+def main(fn, argv=None, name=None, errors=()):
+    """Run fn (or {command: fn}) as a fire CLI and return the exit status.
+
+    User errors (the project's own exception types, `errors`, files that cannot be read or written,
+    running out of memory) print one line, 'NAME: error: ...', and return 1; Ctrl-C returns 130."""
     import fire
+    argv = sys.argv[1:] if argv is None else list(argv)
+    name = name or os.path.basename(sys.argv[0])
     try:
-        check_flags(fn, sys.argv[1:])
-        fire.Fire(fn)
+        check_flags(fn, argv)
+        fire.Fire(fn, command=argv, name=name)
     except KeyboardInterrupt:
-        print('\ninterrupted', file=sys.stderr)
-        sys.exit(130)
+        print(f'\n{name}: interrupted', file=sys.stderr)
+        return 130
     except BrokenPipeError:
         sys.stderr.close()  # output piped into e.g. `head`: stop quietly
-        sys.exit(0)
-    except user_errors() as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(1)
+        return 0
+    except user_errors() + tuple(errors) as e:
+        print(f'{name}: error: {e}', file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f': {e.filename}' if e.filename else ''
+        print(f'{name}: error: {e.strerror or e}{where}', file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f'{name}: error: out of memory; lower --batch_size or the sequence length', file=sys.stderr)
+        return 1
+    except Exception as e:
+        import tensorflow as tf
+        if isinstance(e, tf.errors.ResourceExhaustedError):
+            print(f'{name}: error: out of memory; lower --batch_size or the sequence length', file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+def run(fn, errors=()):
+    """main() for `if __name__ == '__main__'`: exits with its status."""
+    sys.exit(main(fn, errors=errors))

@@ -28,15 +28,13 @@ The method, which the GPT-2 paper does not spell out, is fixed here and printed 
   greedy decoding would write); accuracy_first_token / accuracy_last_token check one token only.
   perplexity = exp(mean over passages of the word's summed NLL).
 """
-import inspect
 import json
 import math
 import os
 import re
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow is imported (by model)
-
+import cli  # first: it imports TensorFlow without its start-up log lines
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
@@ -373,9 +371,9 @@ def write_json(path, result):
 # Command line.
 
 def _load(model_name, models_dir):
-    model_dir = os.path.join(str(models_dir), str(model_name))
+    model_dir = model.model_path(model_name, models_dir)
     hparams, params = model.load(model_dir)
-    enc = encoder.get_encoder(str(model_name), str(models_dir))
+    enc = encoder.get_encoder(os.path.basename(model_dir), os.path.dirname(model_dir))
     return hparams, params, enc
 
 
@@ -453,44 +451,9 @@ def _report(result, where, json_out):
 COMMANDS = {'perplexity': perplexity_command, 'lambada': lambada_command}
 
 
-def _check_flags(argv):
-    """Unknown commands and flags as one line, before fire would print a usage screen."""
-    if not argv or argv[0] in ('-h', '--help'):
-        return
-    if argv[0] not in COMMANDS:
-        raise EvalError(f'unknown command {argv[0]!r}; choose one of {", ".join(COMMANDS)} '
-                        '(e.g. eval.py perplexity --data FILE)')
-    known = set(inspect.signature(COMMANDS[argv[0]]).parameters)
-    for arg in argv[1:]:
-        if arg == '--':
-            break
-        if not arg.startswith('--') or arg in ('--help',):
-            continue
-        name = arg[2:].split('=', 1)[0].replace('-', '_')
-        if name not in known and not (name.startswith('no') and name[2:] in known):
-            raise EvalError(f'unknown flag --{name} for {argv[0]}; flags: ' + ' '.join('--' + k for k in known))
-
-
 def main(argv=None):
     """Run the command line; returns the exit status (user errors: one line on stderr, status 1)."""
-    import fire
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        _check_flags(argv)
-        fire.Fire(COMMANDS, command=argv, name='eval.py')
-    except (EvalError, model.ModelError, encoder.EncoderError) as e:
-        print(f'eval.py: error: {e}', file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f'eval.py: error: {e.strerror or e}: {e.filename or ""}'.rstrip(': '), file=sys.stderr)
-        return 1
-    except tf.errors.ResourceExhaustedError:
-        print('eval.py: error: out of memory; lower --batch_size (or --context)', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('eval.py: interrupted', file=sys.stderr)
-        return 130
-    return 0
+    return cli.main(COMMANDS, argv, name='eval.py', errors=(EvalError,))
 
 
 if __name__ == '__main__':

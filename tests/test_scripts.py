@@ -110,14 +110,15 @@ def test_bad_flags_one_line(tiny_models_dir, capsys, monkeypatch, fn, args, frag
     code, err = run_cli(fn, ['--model_name', 'tiny', '--models_dir', tiny_models_dir, '--nsamples', '1', *args],
                         capsys, monkeypatch)
     assert code == 1
-    assert len(err.splitlines()) == 1 and err.startswith('error:') and fragment in err, err
+    assert len(err.splitlines()) == 1 and err.startswith('script.py: error: ') and fragment in err, err
 
 
 def test_bad_flag_subprocess(tiny_models_dir):
     r = script('generate_unconditional_samples.py', '--models_dir', tiny_models_dir, '--top_p', '2')
     err = r.stderr.decode().strip()
-    assert r.returncode == 1 and err.splitlines() == ['error: top_p must be in (0, 1] (1 means no nucleus '
-                                                      'truncation), got 2.0'] and not r.stdout
+    assert r.returncode == 1 and not r.stdout
+    assert err.splitlines() == ['generate_unconditional_samples.py: error: top_p must be in (0, 1] '
+                                '(1 means no nucleus truncation), got 2.0']
 
 
 def test_half_downloaded_model_folder(tmp_path, capsys, monkeypatch):
