@@ -1,0 +1,133 @@
+"""encode.py: the token file holds exactly the encoder's ids, documents joined by <|endoftext|>."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings, strategies as st
+
+import encode
+import encoder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EOT = 50256
+DOCS = ['Hello world.\nA second line, with punctuation!\n', 'Ünïcödé and 日本語 text  \n\n', 'x']
+
+
+@pytest.fixture(scope='module')
+def enc():
+    return encoder.get_default_encoder()
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding='utf-8')
+    return str(path)
+
+
+def test_ids_are_the_encoders_with_eot_between_documents_and_round_trip(tmp_path, enc):
+    paths = [write(tmp_path / f'{i}.txt', d) for i, d in enumerate(DOCS)]
+    out = str(tmp_path / 'data.npy')
+    stats = encode.encode(*paths, out=out, progress=False)
+    tokens = np.load(out)
+    assert tokens.dtype == np.uint16
+    expected = enc.encode(DOCS[0]) + [EOT] + enc.encode(DOCS[1]) + [EOT] + enc.encode(DOCS[2])
+    assert tokens.tolist() == expected
+    assert enc.decode(tokens.tolist()) == '<|endoftext|>'.join(DOCS)
+    assert (stats['tokens'], stats['documents'], stats['files']) == (len(expected), 3, 3)
+
+
+def test_folders_globs_jsonl_and_duplicates(tmp_path, enc):
+    write(tmp_path / 'corpus' / 'a.txt', 'alpha')
+    write(tmp_path / 'corpus' / 'sub' / 'b.txt', 'beta')
+    write(tmp_path / 'corpus' / 'skip.md', 'not text by extension')
+    write(tmp_path / 'corpus' / 'empty.txt', '')
+    jsonl = write(tmp_path / 'r.jsonl', json.dumps({'text': 'gamma', 'id': 1}) + '\n\n' + json.dumps('delta') + '\n')
+    out = str(tmp_path / 'data.npz')
+    # a.txt is named twice (directly and through its folder): it is read once.
+    stats = encode.encode(str(tmp_path / 'corpus' / 'a.txt'), str(tmp_path / 'corpus'), str(tmp_path / '*.jsonl'),
+                          out=out, progress=False)
+    with np.load(out) as z:
+        tokens = z['tokens'].tolist()
+    assert enc.decode(tokens) == '<|endoftext|>'.join(['alpha', 'beta', 'gamma', 'delta'])
+    assert stats['empty'] == 1 and stats['documents'] == 4
+    assert encode.find_files([jsonl]) == [jsonl]
+
+
+def test_allow_special_decides_what_a_literal_endoftext_is(tmp_path, enc):
+    text = 'first story<|endoftext|>second story'
+    path = write(tmp_path / 'a.txt', text)
+    special = encode.encode(path, out=str(tmp_path / 's.npy'), progress=False)
+    assert np.load(tmp_path / 's.npy').tolist() == enc.encode('first story') + [EOT] + enc.encode('second story')
+    assert special['special'] == 1
+    plain = encode.encode(path, out=str(tmp_path / 'p.npy'), allow_special=False, progress=False)
+    ids = np.load(tmp_path / 'p.npy').tolist()
+    assert EOT not in ids and ids == enc.encode(text)
+    assert plain['special'] == 1   # reported either way, never silent
+
+
+# Text rich in the whitespace runs where a careless split changes GPT-2's pre-tokenisation.
+TEXTS = st.lists(st.sampled_from(['a', 'Zb', '9', '.', ',', "'s", ' ', '  ', '\n', '\n\n', '\t', 'é', '語', '\r']),
+                 max_size=120).map(''.join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(TEXTS, st.integers(min_value=1, max_value=30))
+@example('word\n\n\nnext', 5)
+@example('word \nnext', 5)
+def test_split_points_never_change_the_ids(text, chunk_chars):
+    enc = encoder.get_default_encoder()
+    pieces = list(encode.split_text(text, chunk_chars))
+    assert ''.join(pieces) == text
+    assert [i for p in pieces for i in enc.encode(p)] == enc.encode(text)
+
+
+def test_parallel_workers_give_the_same_file(tmp_path, enc, monkeypatch):
+    lines = [f'Line {i}: the quick brown fox, {i * 7} times.\n' for i in range(3000)]
+    text = ''.join(lines)
+    paths = [write(tmp_path / 'big.txt', text), write(tmp_path / 'small.txt', 'tail document')]
+    monkeypatch.setattr(encode, 'PARALLEL_MIN_BYTES', 0)
+    stats = encode.encode(*paths, out=str(tmp_path / 'par.npy'), workers=2, chunk_chars=5000, progress=False)
+    assert stats['processes'] == 2
+    assert np.load(tmp_path / 'par.npy').tolist() == enc.encode(text) + [EOT] + enc.encode('tail document')
+
+
+def test_bad_inputs_are_clear_errors_and_keep_the_old_output(tmp_path):
+    out = tmp_path / 'data.npy'
+    np.save(out, np.arange(5, dtype=np.uint16))
+    before = out.read_bytes()
+    bad = [
+        ([str(tmp_path / 'missing.txt')], 'does not exist'),
+        ([str(tmp_path / 'nothing*.txt')], 'no files match'),
+        ([write(tmp_path / 'e.txt', '')], 'hold no text'),
+        ([write(tmp_path / 'r.jsonl', '{"text": "ok"}\n{oops\n')], 'r.jsonl:2: not valid JSON'),
+        ([write(tmp_path / 'k.jsonl', '{"body": "ok"}\n')], "field 'text'"),
+    ]
+    (tmp_path / 'latin1.txt').write_bytes('café'.encode('latin-1'))
+    bad.append(([str(tmp_path / 'latin1.txt')], 'not UTF-8'))
+    for inputs, message in bad:
+        with pytest.raises(encode.EncodeError, match=message):
+            encode.encode(*inputs, out=str(out), progress=False)
+        assert out.read_bytes() == before
+    with pytest.raises(encode.EncodeError, match='must end in .npy or .npz'):
+        encode.encode(str(tmp_path / 'e.txt'), out=str(tmp_path / 'x.bin'))
+    assert sorted(os.listdir(tmp_path)) == ['data.npy', 'e.txt', 'k.jsonl', 'latin1.txt', 'r.jsonl']  # no temp files
+
+
+def test_cli_reports_and_fails_in_one_line(tmp_path):
+    path = write(tmp_path / 'a.txt', 'Some text<|endoftext|>more')
+    script = os.path.join(ROOT, 'src', 'encode.py')
+    ok = subprocess.run([sys.executable, script, path, '--out', str(tmp_path / 'a.npy'), '--progress=False'],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert 'wrote 4 tokens (1 document from 1 file' in ok.stdout
+    assert "found 1 literal '<|endoftext|>'" in ok.stdout and 'tokens/s' in ok.stdout
+    bad = subprocess.run([sys.executable, script, str(tmp_path / 'nope.txt'), '--out', str(tmp_path / 'b.npy')],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [f'encode.py: error: {tmp_path / "nope.txt"} does not exist']
+    typo = subprocess.run([sys.executable, script, path, '--outt', str(tmp_path / 'c.npy')],
+                          capture_output=True, text=True, timeout=60)
+    assert typo.returncode == 1 and typo.stderr.startswith('encode.py: error: unknown flag --outt; valid flags: --out ')
