@@ -302,13 +302,15 @@ def load(model_dir, scope='model'):
     if extra:
         raise ModelError(f'checkpoint {ckpt} has variables that {model_dir}/hparams.json does not describe '
                          f'(e.g. {extra[0]}); the checkpoint and hparams.json are from different models')
-    params = {}
     try:
-        for name in expected:
-            params[name] = tf.convert_to_tensor(reader.get_tensor(name).astype(np.float32, copy=False))
+        # One RestoreV2 op reads every tensor straight into TensorFlow's memory, in parallel.
+        names, dtypes = list(expected), reader.get_variable_to_dtype_map()
+        values = tf.raw_ops.RestoreV2(prefix=ckpt, tensor_names=names, shape_and_slices=[''] * len(names),
+                                      dtypes=[dtypes[n] for n in names])
     except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
-        raise ModelError(f'cannot read {name} from {ckpt} ({_first_line(e)}); the download may be corrupt, '
+        raise ModelError(f'cannot read {ckpt} ({_first_line(e)}); the download may be corrupt, '
                          f'{DOWNLOAD_HINT}') from None
+    params = {n: v if v.dtype == tf.float32 else tf.cast(v, tf.float32) for n, v in zip(names, values)}
     return hparams, params
 
 

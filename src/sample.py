@@ -73,15 +73,15 @@ class Decoder:
         empty = tf.zeros([0] + shape[1:2].as_list() + [0] + shape[3:].as_list())
         self.k_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
         self.v_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
-        # The prompt pass: any number of tokens, traced once.  The one-token step that follows it is
-        # compiled with XLA (once per batch size and cache capacity), 1.3-1.6x faster on CPU.
+        # The prompt pass runs eagerly: its matmuls are large, and tracing and optimising a graph for it
+        # would cost more than a second before the first token.  The one-token step that follows is
+        # compiled, with XLA where available (once per batch size and cache capacity; 1.3-1.6x faster on
+        # CPU than a plain graph), else as a graph traced once for all shapes.
         self.xla = xla_available() if xla is None else xla
-        spec = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)]
-        self.step = tf.function(lambda tokens, pos: self._step(tokens, pos, xla=False), autograph=False,
-                                input_signature=spec)
-        self.step_one = self.step if not self.xla else tf.function(
-            lambda tokens, pos: self._step(tokens, pos, xla=True), autograph=False, jit_compile=True,
-            input_signature=[tf.TensorSpec([None, 1], tf.int32), spec[1]])
+        self.prefill = lambda tokens, pos: self._step(tokens, pos, xla=False)
+        self.step_one = tf.function(lambda tokens, pos: self._step(tokens, pos, xla=self.xla), autograph=False,
+                                    jit_compile=self.xla or None, input_signature=[
+                                        tf.TensorSpec([None, 1], tf.int32), tf.TensorSpec([], tf.int32)])
         self._choosers = {}
 
     def start(self, batch, capacity):
@@ -230,7 +230,7 @@ def stream_sequence(*, hparams, params, length, start_token=None, batch_size=Non
     choose = decoder.chooser(temperature, top_k, top_p)
     # Capacity rounded up to a multiple of 64 bounds the attention work without a fresh buffer per length.
     decoder.start(batch, min(hparams['n_ctx'], -(-(n + length) // 64) * 64))
-    logits = decoder.step(tf.constant(ctx), tf.constant(0))
+    logits = decoder.prefill(tf.constant(ctx), tf.constant(0))
     for i in range(length):
         token = choose(logits, tf.constant([seed % 2**31, i], tf.int32))
         yield token.numpy()

@@ -120,7 +120,7 @@ def test_compiled_step_is_traced_once_for_all_shapes(tiny):
     h, p = tiny
     for batch, n, length in [(1, 3, 5), (2, 9, 30), (5, 1, 2), (1, 40, 8)]:
         sample.sample_sequence(hparams=h, params=p, length=length, context=contexts(h, batch, n), seed=1)
-    assert sample.decoder_for(h, p).step.experimental_get_tracing_count() == 1
+    assert sample.decoder_for(h, p).step_one.experimental_get_tracing_count() == 1
 
 
 def test_variables_are_read_at_every_call(tiny):
@@ -221,7 +221,7 @@ def test_xla_and_graph_steps_agree(tiny):
     for xla in (False, True):
         d = sample.Decoder(h, p, xla=xla)
         d.start(3, 64)
-        out = [d.step(ctx, tf.constant(0))]
+        out = [d.prefill(ctx, tf.constant(0))]
         for i in range(10):
             out.append(d.step_one(tf.constant(tokens[:, i:i + 1]), tf.constant(6 + i)))
         logits[xla] = np.stack([o.numpy() for o in out])
