@@ -20,7 +20,9 @@ def import_tensorflow_quietly():
         os.dup2(log.fileno(), 2)
         try:
             import tensorflow as tf
-            tf.constant(0) + 0   # device initialisation logs too
+            # Device discovery logs too; unlike running an op, it leaves the runtime unconfigured, so
+            # tf.distribute and logical devices can still be set up afterwards.
+            tf.config.list_physical_devices()
         except BaseException:
             os.dup2(saved, 2)
             log.seek(0)

@@ -105,7 +105,8 @@ def multihead_attn(q, k, v):
     w = tf.matmul(q, k, transpose_b=True) * tf.math.rsqrt(tf.cast(k.shape[-1], q.dtype))
     _, _, nd, ns = shape_list(w)
     b = attention_mask(nd, ns, w.dtype)
-    w = w * b - tf.cast(1e10, w.dtype) * (1 - b)
+    masked = -1e10 if w.dtype != tf.float16 else -6e4   # -1e10 overflows float16 to -inf, and inf * 0 is NaN
+    w = w * b + tf.cast(masked, w.dtype) * (1 - b)
     return tf.matmul(tf.nn.softmax(w, axis=-1), v)
 
 

@@ -34,10 +34,6 @@ import tempfile
 import threading
 import time
 
-if '"cluster"' in os.environ.get('TF_CONFIG', ''):
-    # Multi-worker: MultiWorkerMirroredStrategy must be created before TensorFlow's runtime starts,
-    # and cli's quiet import starts it; importing TensorFlow first makes cli leave it alone.
-    import tensorflow  # noqa: F401
 import cli   # sets TF_CPP_MIN_LOG_LEVEL and imports TensorFlow without its start-up chatter
 import numpy as np
 import tensorflow as tf
