@@ -130,7 +130,8 @@ class Decoder:
                     values = top_p_logits(values, top_p)
                     pick = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)
                     return tf.gather(indices, pick, batch_dims=1)[:, 0]
-                logits = top_p_logits(logits, top_p)
+                if top_p < 1:
+                    return _nucleus_draw(logits, top_p, seed)
                 return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
             self._choosers[key] = tf.function(choose, autograph=False, input_signature=[
                 tf.TensorSpec([None, self.hparams['n_vocab']], tf.float32), tf.TensorSpec([2], tf.int32)])
@@ -142,6 +143,28 @@ def seed_stream(seed=None):
     rng = np.random.default_rng(seed)
     while True:
         yield int(rng.integers(2**31))
+
+
+NUCLEUS_CANDIDATES = 1024
+
+
+def _nucleus_draw(logits, p, seed):
+    """A draw from top_p_logits(logits, p) [batch, n_vocab] without sorting the whole vocabulary when,
+    as usual, the nucleus of every row lies within its NUCLEUS_CANDIDATES most likely tokens."""
+    values, indices = tf.math.top_k(logits, k=min(NUCLEUS_CANDIDATES, logits.shape[-1]))   # [batch, k]
+    probs = tf.exp(values - tf.reduce_logsumexp(logits, axis=-1, keepdims=True))
+    mass_before = tf.cumsum(probs, axis=-1, exclusive=True)
+
+    def within_candidates():
+        kept = tf.where(mass_before < p, values, tf.cast(-1e10, values.dtype))
+        pick = tf.random.stateless_categorical(kept, 1, seed, dtype=tf.int32)
+        return tf.gather(indices, pick, batch_dims=1)[:, 0]
+
+    def whole_vocabulary():
+        return tf.random.stateless_categorical(top_p_logits(logits, p), 1, seed, dtype=tf.int32)[:, 0]
+
+    covered = tf.reduce_all(mass_before[:, -1] + probs[:, -1] >= p)
+    return tf.cond(covered, within_candidates, whole_vocabulary)
 
 
 def xla_available():

@@ -160,13 +160,18 @@ def test_top_p_logits_batch(p):
     np.testing.assert_array_equal(sample.top_p_logits(tf.constant(logits), 1.0).numpy(), logits)
 
 
-@pytest.mark.parametrize('temperature,top_k,top_p', [(1, 0, 1), (2.0, 0, 1), (0.7, 3, 1), (1, 0, 0.8)])
-def test_sampling_distribution(tiny, temperature, top_k, top_p):
+@pytest.mark.parametrize('temperature,top_k,top_p,candidates', [
+    (1, 0, 1, 1024), (2.0, 0, 1, 1024), (0.7, 3, 1, 1024), (1, 0, 0.8, 1024), (1, 3, 0.5, 1024),
+    (1, 0, 0.65, 5),  # the nucleus lies within 5 candidates, measured against the whole vocabulary
+    (1, 0, 0.8, 3),   # the nucleus is not within the 3 candidates: the whole vocabulary is sorted
+])
+def test_sampling_distribution(tiny, monkeypatch, temperature, top_k, top_p, candidates):
     """Frequencies over many rows match softmax(truncate(logits / temperature))."""
     h, p = tiny
+    monkeypatch.setattr(sample, 'NUCLEUS_CANDIDATES', candidates)
     logits = np.full(h.n_vocab, -5.0, np.float32)
     logits[:5] = [2.0, 1.5, 1.0, 0.5, 0.0]
-    choose = sample.decoder_for(h, p).chooser(temperature, top_k, top_p)
+    choose = sample.Decoder(h, p).chooser(temperature, top_k, top_p)
     n = 20000
     tokens = choose(tf.constant(np.tile(logits, [n, 1])), tf.constant([1, 2], tf.int32)).numpy()
     ref = sample.top_p_logits(sample.top_k_logits(tf.constant(logits[None] / temperature), top_k), top_p)
