@@ -26,7 +26,11 @@ The method, which the GPT-2 paper does not spell out, is fixed here and printed 
   before it, and the word is encoded with one leading space, as GPT-2 tokenises " word".  accuracy:
   every BPE token of the word is the argmax given the context and the word's earlier tokens (what
   greedy decoding would write); accuracy_first_token / accuracy_last_token check one token only.
-  perplexity = exp(mean over passages of the word's summed NLL).
+  perplexity = exp(mean over passages of the word's summed NLL).  A passage longer than --context
+  loses its beginning ('truncated').  A final word of k BPE tokens needs k inputs (at least one
+  context token, then the word's first k - 1 tokens), so a passage whose word has more tokens than
+  --context cannot be scored: it is skipped and counted ('skipped_long_word'), never scored on part
+  of the word; if that leaves no passage at all, it is an error.
 """
 import json
 import math
@@ -285,7 +289,7 @@ def lambada(hparams, params, enc, passages, detokenizer='none', context=None, ba
     context, _ = _context_and_stride(hparams, context, None)
     _check_batch_size(batch_size)
     detok = _detokenizer(detokenizer)
-    windows, skipped, truncated = [], 0, 0
+    windows, skipped, too_long, truncated = [], 0, 0, 0
     for passage in passages:
         split = split_last_word(detok(passage))
         if split is None:
@@ -294,10 +298,16 @@ def lambada(hparams, params, enc, passages, detokenizer='none', context=None, ba
         # Encoding the two parts separately gives the same tokens as encoding the whole passage:
         # the pre-tokeniser always breaks before the space that starts " word".
         word = _encode(enc, split[1], hparams)
+        if len(word) > context:  # not even one context token fits before the word's first token
+            too_long += 1
+            continue
         stream = ([EOT] if bos else []) + _encode(enc, split[0], hparams) + word
         if len(stream) - 1 > context:
             stream, truncated = stream[-(context + 1):], truncated + 1  # keep the passage's end
         windows.append((np.array(stream, np.int32), 0, len(stream) - 1, len(word)))
+    if not windows and too_long:
+        raise EvalError(f'every passage was skipped: {too_long} have a final word longer than --context={context} '
+                        f'tokens, {skipped} have fewer than two words; raise --context')
     if not windows:
         raise EvalError('no passage has a context and a final word to predict')
 
@@ -310,7 +320,8 @@ def lambada(hparams, params, enc, passages, detokenizer='none', context=None, ba
     n = len(scored)
     word_nll = sum(float(np.sum(nll)) for nll, _ in scored)
     word_tokens = sum(len(nll) for nll, _ in scored)
-    result = {'task': 'lambada', 'passages': n, 'skipped': skipped, 'truncated': truncated,
+    result = {'task': 'lambada', 'passages': n, 'skipped': skipped, 'skipped_long_word': too_long,
+              'truncated': truncated,
               'accuracy': sum(bool(hit.all()) for _, hit in scored) / n,
               'accuracy_first_token': sum(bool(hit[0]) for _, hit in scored) / n,
               'accuracy_last_token': sum(bool(hit[-1]) for _, hit in scored) / n,
@@ -333,6 +344,7 @@ ROWS = {
                    ('bits_per_char', 'bits per char'), ('mean_context', 'mean context (tokens)'),
                    ('min_context', 'min context (tokens)')],
     'lambada': [('passages', 'passages'), ('skipped', 'skipped (one word)'),
+                ('skipped_long_word', 'skipped (word > context)'),
                 ('truncated', 'truncated to the context'), ('accuracy', 'accuracy (whole word)'),
                 ('accuracy_first_token', 'accuracy (first BPE token)'),
                 ('accuracy_last_token', 'accuracy (last BPE token)'),
@@ -427,7 +439,8 @@ def lambada_command(data=None, model_name='124M', models_dir='models', format='a
       format: auto (jsonl for .jsonl/.json, else lines), lines or jsonl.
       field: the JSON field holding a passage.
       detokenizer: none, wikitext, ptb or 1bw, applied to each passage before it is split.
-      context: the most tokens a passage may use (default n_ctx; longer ones lose their beginning).
+      context: the most tokens a passage may use (default n_ctx; longer ones lose their beginning,
+        and a passage whose final word alone has more tokens is skipped and counted).
       batch_size: passages per forward pass.
       bos: put <|endoftext|> before each passage.
       invalid_utf8: error, or replace (read bytes that are not UTF-8 as U+FFFD).

@@ -341,6 +341,37 @@ def test_lambada_keeps_the_end_of_passages_longer_than_the_context(xylophone, xy
     assert r["nll"] == pytest.approx(-sum(lp[-1 - j, stream[-1 - j]] for j in range(3)), abs=1e-4)
 
 
+def test_lambada_skips_final_words_that_do_not_fit_the_context(xylophone, xylophone_scorer, enc):
+    """A word of k BPE tokens needs k inputs (one context token and its first k - 1 tokens): with
+    --context below k it cannot be scored, and is skipped and counted instead of mis-scored."""
+    h, params = xylophone
+    assert len(enc.encode(' Xylophone')) == 3
+    long_word = ' Xylophonezzqqxxkkjj'
+    k = len(enc.encode(long_word))
+    assert k > 3
+    passages = [c + ' Xylophone' for c in CONTEXTS] + [CONTEXTS[0] + long_word]
+    # context 3 = the word's length: scored (one context token), exactly as computed directly.
+    r = ev.lambada(h, params, enc, passages, context=3, scorer=xylophone_scorer)
+    assert (r['passages'], r['skipped_long_word'], r['mean_word_tokens']) == (4, 1, 3.0)
+    total = 0.0
+    for passage in passages[:4]:
+        context, word = ev.split_last_word(passage)
+        stream = ([ev.EOT] + enc.encode(context) + enc.encode(word))[-4:]
+        lp = log_probs(h, params, stream[:-1])
+        total -= sum(lp[j, stream[j + 1]] for j in range(3))
+    assert r['nll'] == pytest.approx(total, rel=1e-4)
+    assert 'skipped (word > context)' in ev.format_table(r)
+    # With room for the long word, nothing is skipped.
+    r = ev.lambada(h, params, enc, passages, context=k, scorer=xylophone_scorer)
+    assert (r['passages'], r['skipped_long_word']) == (5, 0)
+    assert r['mean_word_tokens'] == pytest.approx((4 * 3 + k) / 5)
+    # A context of 2 fits none of them: one line saying why and what to change.
+    with pytest.raises(ev.EvalError, match=r'every passage was skipped: 5 have a final word longer than '
+                                           r'--context=2 tokens.*raise --context') as err:
+        ev.lambada(h, params, enc, passages, context=2, scorer=xylophone_scorer)
+    assert '\n' not in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line.
 
