@@ -1,5 +1,6 @@
 """What every command-line script shares: fire for flags, and one clear line instead of a traceback."""
 import inspect
+import math
 import os
 import sys
 import tempfile
@@ -59,15 +60,22 @@ def check_flags(fn, argv):
             raise UsageError(f'unknown command {argv[0]!r}; choose one of {", ".join(fn)}')
         fn, argv = fn[argv[0]], argv[1:]
     params = inspect.signature(fn).parameters
+    positional = 0
     for arg in argv:
         if arg == '--':
             break
+        if not arg.startswith('-'):
+            positional += 1
         if arg.startswith('--') and len(arg) > 2:
             name = arg[2:].split('=', 1)[0].replace('-', '_')
             negated = name.startswith('no') and name[2:] in params   # fire's --noflag for booleans
             if name not in params and not negated and name not in ('help', 'helpfull'):
                 raise UsageError(f'unknown flag --{name}; valid flags: '
                                  + ' '.join('--' + p for p in params))
+    flags_with_values = sum(1 for a in argv if a.startswith('--') and '=' not in a and len(a) > 2)
+    if positional > len(params) + flags_with_values:
+        raise UsageError(f'too many arguments ({positional} without a --flag); valid flags: '
+                         + ' '.join('--' + p for p in params))
 
 
 def integer(name, value, minimum=None, allow_none=False):
@@ -78,6 +86,22 @@ def integer(name, value, minimum=None, allow_none=False):
         limit = f' >= {minimum}' if minimum is not None else ''
         raise UsageError(f'--{name} must be an integer{limit}, got {value!r}')
     return value
+
+
+def number(name, value, minimum=None, maximum=None, allow_none=False, above_minimum=False):
+    """A flag value as float in [minimum, maximum] ((minimum, maximum] with above_minimum), or a UsageError."""
+    if value is None and allow_none:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if above_minimum else value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        lo = '' if minimum is None else f' {">" if above_minimum else ">="} {minimum}'
+        hi = '' if maximum is None else f'{" and" if lo else ""} <= {maximum}'
+        raise UsageError(f'--{name} must be a number{lo}{hi}, got {value!r}')
+    return float(value)
 
 
 def main(fn, argv=None, name=None, errors=()):

@@ -34,7 +34,7 @@ def sample_model(model_name='124M', seed=None, nsamples=0, batch_size=1, length=
     """
     nsamples = cli.integer('nsamples', nsamples, minimum=0)
     batch_size = cli.integer('batch_size', batch_size, minimum=1)
-    seed = cli.integer('seed', seed, allow_none=True)
+    seed = cli.integer('seed', seed, minimum=0, allow_none=True)
     length = cli.integer('length', length, minimum=1, allow_none=True)
     temperature, top_k, top_p = sample.check_settings(temperature, top_k, top_p)
 

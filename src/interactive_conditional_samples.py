@@ -46,7 +46,7 @@ def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, lengt
     """
     nsamples = cli.integer('nsamples', nsamples, minimum=1)
     batch_size = cli.integer('batch_size', batch_size, minimum=1)
-    seed = cli.integer('seed', seed, allow_none=True)
+    seed = cli.integer('seed', seed, minimum=0, allow_none=True)
     length = cli.integer('length', length, minimum=1, allow_none=True)
     temperature, top_k, top_p = sample.check_settings(temperature, top_k, top_p)
 
@@ -68,7 +68,7 @@ def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, lengt
             print()
             return
         if not raw_text:
-            print('Prompt should not be empty!')
+            print('Prompt should not be empty! Type some text, or press Ctrl-D to quit.')
             continue
         if any('\udc80' <= c <= '\udcff' for c in raw_text):
             print('error: the prompt is not valid UTF-8; set your terminal to UTF-8 and try again',

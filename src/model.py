@@ -15,7 +15,17 @@ import numpy as np
 import tensorflow as tf
 
 HPARAM_KEYS = ('n_vocab', 'n_ctx', 'n_embd', 'n_head', 'n_layer')
-DOWNLOAD_HINT = 'run: python download_model.py 124M (or the size you want)'
+RELEASED_MODELS = ('124M', '355M', '774M', '1558M')
+LEGACY_NAMES = {'117M': '124M', '345M': '355M'}
+
+
+def fix_hint(model_dir):
+    """How to repair model_dir: download a released model again, or re-save one of your own."""
+    name = os.path.basename(os.path.normpath(str(model_dir)))
+    name = LEGACY_NAMES.get(name, name)
+    if name in RELEASED_MODELS:
+        return f'run: python download_model.py {name}'
+    return 'download it again (python download_model.py 124M) or re-save it (model.save, train.py)'
 
 
 class ModelError(ValueError):
@@ -225,10 +235,6 @@ def init_params(hparams, seed=0, scope='model'):
     return params
 
 
-RELEASED_MODELS = ('124M', '355M', '774M', '1558M')
-LEGACY_NAMES = {'117M': '124M', '345M': '355M'}
-
-
 def model_path(model_name, models_dir='models'):
     """The folder of a model inside models_dir, refusing names that would leave it.
 
@@ -256,28 +262,37 @@ def load_hparams(model_dir):
     """hparams.json in model_dir, over the 124M defaults, with clear errors."""
     path = os.path.join(model_dir, 'hparams.json')
     if not os.path.isdir(model_dir):
-        raise ModelError(f'model folder {model_dir} does not exist; {DOWNLOAD_HINT}')
+        raise ModelError(f'model folder {model_dir} does not exist; {fix_hint(model_dir)}')
     if not os.path.isfile(path):
-        raise ModelError(f'{path} is missing (incomplete download?); {DOWNLOAD_HINT}')
+        raise ModelError(f'{path} is missing (incomplete download?); {fix_hint(model_dir)}')
     try:
         with open(path, encoding='utf-8') as f:
             values = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ModelError(f'{path} is not valid JSON ({e}); {DOWNLOAD_HINT}') from None
+        raise ModelError(f'{path} is not valid JSON ({e}); {fix_hint(model_dir)}') from None
     return default_hparams().override_from_dict(values, source=path)
 
 
 def checkpoint_path(model_dir):
-    """The checkpoint prefix that model_dir's `checkpoint` file names (OpenAI's: model.ckpt)."""
-    ckpt = tf.train.latest_checkpoint(model_dir)
-    if ckpt is None and os.path.isfile(os.path.join(model_dir, 'model.ckpt.index')):
-        ckpt = os.path.join(model_dir, 'model.ckpt')
-    if ckpt is None:
-        raise ModelError(f'no checkpoint in {model_dir} (the files checkpoint and model.ckpt.index are missing); '
-                         f'{DOWNLOAD_HINT}')
+    """The checkpoint prefix that model_dir's `checkpoint` file names (OpenAI's: model.ckpt), always
+    inside model_dir: an absolute path recorded on another machine is looked up by its file name."""
+    pointer = os.path.join(model_dir, 'checkpoint')
+    name = None
+    if os.path.isfile(pointer):
+        with open(pointer, encoding='utf-8', errors='replace') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model_checkpoint_path':
+                    name = value.strip().strip('"')
+                    break
+    if not name:
+        name = 'model.ckpt'
+    if os.path.isabs(name) or '..' in name.replace('\\', '/').split('/'):
+        name = os.path.basename(name.replace('\\', '/'))
+    ckpt = os.path.join(model_dir, name)
     for suffix in ('.index', '.data-00000-of-00001'):
         if not os.path.isfile(ckpt + suffix):
-            raise ModelError(f'{ckpt + suffix} is missing (incomplete download?); {DOWNLOAD_HINT}')
+            raise ModelError(f'{ckpt + suffix} is missing (incomplete download?); {fix_hint(model_dir)}')
     return ckpt
 
 
@@ -289,8 +304,8 @@ def load(model_dir, scope='model'):
         reader = tf.train.load_checkpoint(ckpt)
         available = reader.get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as e:
-        raise ModelError(f'cannot read checkpoint {ckpt} ({_first_line(e)}); the download may be corrupt, '
-                         f'{DOWNLOAD_HINT}') from None
+        raise ModelError(f'cannot read checkpoint {ckpt} ({_first_line(e)}); the files may be corrupt, '
+                         f'{fix_hint(model_dir)}') from None
     expected = param_shapes(hparams, scope)
     for name, shape in expected.items():
         if name not in available:
@@ -309,8 +324,8 @@ def load(model_dir, scope='model'):
         values = tf.raw_ops.RestoreV2(prefix=ckpt, tensor_names=names, shape_and_slices=[''] * len(names),
                                       dtypes=[dtypes[n] for n in names])
     except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
-        raise ModelError(f'cannot read {ckpt} ({_first_line(e)}); the download may be corrupt, '
-                         f'{DOWNLOAD_HINT}') from None
+        raise ModelError(f'cannot read {ckpt} ({_first_line(e)}); the files may be corrupt, '
+                         f'{fix_hint(model_dir)}') from None
     params = {n: v if v.dtype == tf.float32 else tf.cast(v, tf.float32) for n, v in zip(names, values)}
     return hparams, params
 
@@ -342,21 +357,19 @@ def save(model_dir, hparams, params, name='model.ckpt', scope='model'):
     tensors = [tf.cast(tf.convert_to_tensor(params[k]), tf.float32) for k in names]
 
     tmp = tempfile.mkdtemp(prefix='.save-', dir=model_dir)
-    try:
-        tmp_prefix = os.path.join(tmp, name)
-        tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names, shape_and_slices=[''] * len(names),
-                          tensors=tensors)
-        _write_atomic(os.path.join(model_dir, 'hparams.json'),
-                      json.dumps({k: int(hparams[k]) for k in HPARAM_KEYS}, indent=2) + '\n')
-        # The `checkpoint` file first names the complete temporary pair, then the final one once it is in place.
-        _write_checkpoint_file(model_dir, tmp_prefix)
-        final = os.path.join(model_dir, name)
-        _link_or_copy_pair(tmp_prefix, final)
-        _write_checkpoint_file(model_dir, final)
-    finally:
-        for f in os.listdir(tmp):
-            os.unlink(os.path.join(tmp, f))
-        os.rmdir(tmp)
+    tmp_prefix = os.path.join(tmp, name)
+    tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names, shape_and_slices=[''] * len(names), tensors=tensors)
+    _write_atomic(os.path.join(model_dir, 'hparams.json'),
+                  json.dumps({k: int(hparams[k]) for k in HPARAM_KEYS}, indent=2) + '\n')
+    # The `checkpoint` file names the complete temporary pair while the final pair is replaced, and the
+    # final pair once it is whole.  If anything fails in between, the temporary pair stays, and loads.
+    _write_checkpoint_file(model_dir, tmp_prefix)
+    final = os.path.join(model_dir, name)
+    _link_or_copy_pair(tmp_prefix, final)
+    _write_checkpoint_file(model_dir, final)
+    for entry in os.listdir(model_dir):   # this save's temporary pair, and any left by a failed save
+        if entry.startswith('.save-'):
+            shutil.rmtree(os.path.join(model_dir, entry), ignore_errors=True)
     return os.path.join(model_dir, name)
 
 

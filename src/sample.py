@@ -124,7 +124,10 @@ class Decoder:
             def choose(logits, seed):
                 if temperature == 0 or top_k == 1:
                     return tf.argmax(logits, axis=-1, output_type=tf.int32)
-                logits = logits / temperature
+                # Shifted so the largest logit is 0 and floored at -1e10: a tiny temperature (even one that
+                # float32 flushes to zero) then leaves the most likely token at 0, never inf or NaN.
+                shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+                logits = tf.where(shifted < 0, tf.maximum(shifted / temperature, -1e10), 0.0)
                 if top_k:
                     values, indices = tf.math.top_k(logits, k=min(top_k, logits.shape[-1]))
                     values = top_p_logits(values, top_p)
@@ -140,7 +143,7 @@ class Decoder:
 
 def seed_stream(seed=None):
     """Seeds for successive sample_sequence calls: a fixed seed reproduces a whole session."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(None if seed is None else abs(int(seed)))
     while True:
         yield int(rng.integers(2**31))
 

@@ -313,3 +313,41 @@ def test_context_overflow():
 def test_params_required():
     with pytest.raises(model.ModelError):
         model.model(model.default_hparams(), [[1]])
+
+
+def test_failed_save_leaves_a_loadable_model(saved, monkeypatch):
+    """A save that dies while replacing the final pair leaves `checkpoint` naming a complete pair."""
+    h, before = model.load(str(saved))
+    new = model.init_params(h, seed=5)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith('model.ckpt.index'):
+            raise OSError(28, 'No space left on device')
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, 'replace', failing_replace)
+    with pytest.raises(OSError):
+        model.save(str(saved), h, new)
+    monkeypatch.setattr(os, 'replace', real_replace)
+    _, after = model.load(str(saved))
+    assert all(np.array_equal(after[k], new[k]) for k in new)
+    model.save(str(saved), h, new)   # the next save cleans up
+    assert not [f for f in os.listdir(saved) if f.startswith('.save-')]
+    assert 'model.ckpt' in (saved / 'checkpoint').read_text()
+
+
+@pytest.mark.parametrize('recorded', ['/content/drive/run1/model.ckpt', '../elsewhere/model.ckpt'])
+def test_checkpoint_pointer_stays_inside_the_folder(saved, recorded):
+    """Colab/fork runs record absolute paths; a pointer can never lead outside the model folder."""
+    (saved / 'checkpoint').write_text(f'model_checkpoint_path: "{recorded}"\n')
+    h, p = model.load(str(saved))
+    assert h.n_layer == 3
+
+
+def test_missing_index_is_named(saved, capfd):
+    (saved / 'model.ckpt.index').unlink()
+    with pytest.raises(model.ModelError) as e:
+        model.load(str(saved))
+    _one_line_error(e, 'model.ckpt.index is missing')
+    assert 'ERROR' not in capfd.readouterr().err

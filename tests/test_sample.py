@@ -43,7 +43,7 @@ def test_greedy_equals_argmax_loop_over_full_forward_passes(tiny):
 
 
 @pytest.mark.parametrize('settings', [dict(temperature=0), dict(temperature=0, top_k=40, top_p=0.5),
-                                      dict(temperature=1e-6, top_k=0)])
+                                      dict(temperature=1e-6, top_k=0), dict(temperature=1e-45, top_p=0.9)])
 def test_temperature_towards_zero_is_greedy(tiny, settings):
     h, p = tiny
     ctx = contexts(h, 2, 4, seed=1)

@@ -100,6 +100,8 @@ def run_cli(fn, args, capsys, monkeypatch):
     (['--nsamples', 'two'], 'nsamples'),
     (['--batch_size', '0'], 'batch_size'),
     (['--seed', 'x'], 'seed'),
+    (['--seed', '-1'], '--seed must be an integer >= 0'),
+    (['tiny', '1', '1', '1', '3', '1', '0', '1', 'models', 'extra'], 'too many arguments'),
     (['--length', '500'], 'longer than the context'),
     (['--bogus', '1'], 'unknown flag --bogus'),
     (['--model_name', '../tiny'], 'invalid model name'),
@@ -136,3 +138,11 @@ def test_unconditional_subprocess_legacy_name(tmp_path):
                '--nsamples', '2', '--batch_size', '2', '--length', '3', '--top_k', '40')
     assert r.returncode == 0, r.stderr
     assert headers(r.stdout.decode()) == [1, 2]
+
+
+def test_cli_number():
+    import cli
+    assert cli.number('top_p', 0.5, 0, 1, above_minimum=True) == 0.5
+    for bad in ('abc', float('nan'), float('inf'), -1, 0, 2, True):
+        with pytest.raises(cli.UsageError, match='--top_p must be a number > 0 and <= 1'):
+            cli.number('top_p', bad, 0, 1, above_minimum=True)
