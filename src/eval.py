@@ -36,7 +36,9 @@ import json
 import math
 import os
 import re
+import stat
 import sys
+import tempfile
 
 import cli  # first: it imports TensorFlow without its start-up log lines
 import numpy as np
@@ -369,14 +371,45 @@ def format_table(result):
     return '\n'.join(lines)
 
 
+def check_json_out(path):
+    """Refuse a --json_out that could not be written, before any scoring: one line with the reason."""
+    if isinstance(path, bool) or not str(path):
+        raise EvalError('--json_out needs a file name: --json_out PATH')
+    path = str(path)
+    if os.path.isdir(path):
+        raise EvalError(f'--json_out {path} is a directory; name a file in it, e.g. {os.path.join(path, "result.json")}')
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise EvalError(f'--json_out {path} exists and is not a regular file')
+    folder = os.path.dirname(path) or '.'
+    if not os.path.isdir(folder):
+        raise EvalError(f'--json_out {path}: its folder {folder} does not exist')
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise EvalError(f'--json_out {path}: its folder {folder} is not writable')
+    return path
+
+
 def write_json(path, result):
-    """Write result as JSON (infinities as null)."""
+    """Write result as JSON (infinities as null), atomically: a temporary file in the same folder,
+    synced to disk, then renamed over path, so path never holds half a result."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(clean, f, indent=2)
-        f.write('\n')
-    os.replace(tmp, path)
+    folder, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder or '.')
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make the result private
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            json.dump(clean, f, indent=2)
+            f.write('\n')
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,10 +449,12 @@ def perplexity_command(data=None, model_name='124M', models_dir='models', format
       bos: condition each document's first token on <|endoftext|> (False: leave it unscored).
       count_line_ends: also count each line break as a word (the <eos> of word-level benchmarks).
       invalid_utf8: error, or replace (score bytes that are not UTF-8 as U+FFFD, count their bytes).
-      json_out: also write the result, with counts and settings, to this JSON file.
+      json_out: also write the result, with counts and settings, to this JSON file (checked before
+        scoring: its folder must exist and be writable; written atomically).
       progress: show a progress bar on stderr.
     """
     path = _data_path(data)
+    json_out = None if json_out is None else check_json_out(json_out)
     documents = read_documents(path, format, str(field), invalid_utf8)
     hparams, params, enc = _load(model_name, models_dir)
     result = perplexity(hparams, params, enc, documents, detokenizer, context, stride, batch_size, bos,
@@ -444,10 +479,12 @@ def lambada_command(data=None, model_name='124M', models_dir='models', format='a
       batch_size: passages per forward pass.
       bos: put <|endoftext|> before each passage.
       invalid_utf8: error, or replace (read bytes that are not UTF-8 as U+FFFD).
-      json_out: also write the result, with counts and settings, to this JSON file.
+      json_out: also write the result, with counts and settings, to this JSON file (checked before
+        scoring: its folder must exist and be writable; written atomically).
       progress: show a progress bar on stderr.
     """
     path = _data_path(data)
+    json_out = None if json_out is None else check_json_out(json_out)
     passages = read_documents(path, format, str(field), invalid_utf8, auto='lines')
     hparams, params, enc = _load(model_name, models_dir)
     result = lambada(hparams, params, enc, passages, detokenizer, context, batch_size, bos, progress)

@@ -422,6 +422,50 @@ def test_cli_user_errors_are_one_line(tiny_models_dir, tmp_path, capsys, args, m
     assert err.startswith('eval.py: error: ') and message in err and '\n' not in err
 
 
+@pytest.mark.parametrize('target, message', [
+    ('DIR', 'is a directory'),
+    ('DIR/missing/out.json', 'folder DIR/missing does not exist'),
+    ('DIR/ro/out.json', 'folder DIR/ro is not writable'),
+])
+def test_cli_bad_json_out_is_refused_before_scoring(tiny_models_dir, tmp_path, capsys, monkeypatch,
+                                                   target, message):
+    if target.startswith('DIR/ro') and os.geteuid() == 0:
+        pytest.skip('root may write anywhere')
+    (tmp_path / 'ro').mkdir(mode=0o555)
+    (tmp_path / 'd.txt').write_text('some text here\n')
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError('scored before checking --json_out')
+
+    monkeypatch.setattr(ev, 'perplexity', no_scoring)
+    monkeypatch.setattr(ev, 'lambada', no_scoring)
+    for command in ('perplexity', 'lambada'):
+        rc = ev.main([command, f'--data={tmp_path / "d.txt"}', f'--models_dir={tiny_models_dir}',
+                      '--model_name=tiny', f'--json_out={target.replace("DIR", str(tmp_path))}', '--noprogress'])
+        err = capsys.readouterr().err.strip()
+        assert rc == 1
+        assert err.startswith('eval.py: error: --json_out ') and '\n' not in err
+        assert message.replace('DIR', str(tmp_path)) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['d.txt', 'ro']
+
+
+def test_write_json_replaces_the_file_atomically(tmp_path, monkeypatch):
+    out = tmp_path / 'r.json'
+    out.write_text('old')
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(ev.os, 'fsync', lambda fd: (synced.append(fd), fsync(fd)))
+    ev.write_json(str(out), {'a': 1.5, 'b': math.inf})
+    assert json.loads(out.read_text()) == {'a': 1.5, 'b': None} and synced
+    assert [p.name for p in tmp_path.iterdir()] == ['r.json']  # no temporary file left behind
+    # A failed write leaves the old file and no temporary one.
+    monkeypatch.setattr(ev.json, 'dump', lambda *a, **k: (_ for _ in ()).throw(OSError(28, 'No space left')))
+    with pytest.raises(OSError):
+        ev.write_json(str(out), {'a': 2})
+    assert json.loads(out.read_text()) == {'a': 1.5, 'b': None}
+    assert [p.name for p in tmp_path.iterdir()] == ['r.json']
+
+
 def test_cli_process_exits_1_without_a_traceback(tmp_path):
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'src', 'eval.py')
     p = subprocess.run([sys.executable, src, 'perplexity', '--data', str(tmp_path / 'missing.txt')],
