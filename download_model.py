@@ -11,6 +11,7 @@ final name never holds a partial file and a rerun resumes where it stopped.
 import argparse
 import hashlib
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -99,6 +100,10 @@ def download_model(model_name, models_dir="models", base_url=None, quiet=False,
     retries counts further attempts per file after a failure that made no
     progress; the wait before retry k is backoff * 2**(k-1) seconds.
     """
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise DownloadError(f"retries must be an integer >= 0, not {retries!r}")
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff < math.inf:
+        raise DownloadError(f"backoff must be a finite number of seconds >= 0, not {backoff!r}")
     name = resolve_model_name(model_name)
     if name != model_name:
         _note(f"{model_name} is the old name of {name}; fetching {name} into {os.path.join(models_dir, name)}")
@@ -276,6 +281,28 @@ def _describe(exc):
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
+def _retries(text):
+    """argparse type for --retries: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
+    return value
+
+
+def _backoff(text):
+    """argparse type for --backoff: a finite number of seconds >= 0 (nan and inf would break time.sleep)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
+    return value
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse that reports bad arguments on one line instead of usage plus error."""
 
@@ -297,13 +324,11 @@ def main(argv=None):
     parser.add_argument("--base_url", "--base-url", default=None,
                         help=f"mirror serving <base>/models/<name>/<file> (default: {DEFAULT_BASE_URL})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
-    parser.add_argument("--retries", type=int, default=5,
+    parser.add_argument("--retries", type=_retries, default=5,
                         help="retries per file after a failure that made no progress (default: 5)")
-    parser.add_argument("--backoff", type=float, default=1.0,
+    parser.add_argument("--backoff", type=_backoff, default=1.0,
                         help="seconds before the first retry, doubling each time (default: 1)")
     args = parser.parse_args(argv)
-    if args.retries < 0 or args.backoff < 0:
-        parser.error("--retries and --backoff must not be negative")
     try:
         wanted = {}  # released name -> name as typed; checks every name before fetching anything
         for name in args.models:

@@ -598,6 +598,12 @@ def test_cli_quiet_prints_nothing(server, tmp_path):
     ([], 2, "the following arguments are required: model"),
     (["124M", "--bogus"], 2, "unrecognized arguments: --bogus"),
     (["124M", "--retries", "x"], 2, "--retries: invalid int value"),
+    (["124M", "--retries", "-1"], 2, "--retries: must be an integer >= 0, not '-1'"),
+    (["124M", "--retries", "2.5"], 2, "--retries: invalid int value"),
+    (["124M", "--backoff", "nan"], 2, "--backoff: must be a finite number of seconds >= 0, not 'nan'"),
+    (["124M", "--backoff", "inf"], 2, "--backoff: must be a finite number of seconds >= 0, not 'inf'"),
+    (["124M", "--backoff", "-1"], 2, "--backoff: must be a finite number of seconds >= 0, not '-1'"),
+    (["124M", "--backoff", "soon"], 2, "--backoff: invalid float value: 'soon'"),
     (["124M", "--base_url", "ftp://mirror"], 1, "not an http(s) URL"),
 ])
 def test_cli_bad_input_is_one_line_without_traceback(server, tmp_path, args, code, message):
@@ -606,6 +612,14 @@ def test_cli_bad_input_is_one_line_without_traceback(server, tmp_path, args, cod
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("download_model.py: error: ")
     assert message in result.stderr
     assert server.log == [] and not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"backoff": float("nan")}, {"backoff": float("inf")}, {"backoff": -1},
+                                    {"retries": -1}, {"retries": 1.5}])
+def test_bad_retries_or_backoff_are_refused_before_any_request(server, tmp_path, kwargs):
+    with pytest.raises(dm.DownloadError, match="must be"):
+        fetch(server, tmp_path, **kwargs)
+    assert server.log == []
 
 
 def test_cli_http_error_exits_1_with_one_line(server, tmp_path):
