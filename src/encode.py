@@ -33,6 +33,7 @@ import numpy as np
 import encoder as encoder_lib
 
 TEXT_EXTENSIONS = ('.txt', '.jsonl')
+LEGACY_NAMES = {'117M': '124M', '345M': '355M'}   # as model.model_path (which would import TensorFlow)
 PARALLEL_MIN_BYTES = 32 << 20     # below this, starting worker processes (~1 s each) costs more than it saves
 CHUNK_CHARS = 1 << 20             # text per worker task (split only where the split cannot change the ids)
 
@@ -52,7 +53,7 @@ def find_files(inputs):
         inputs = [inputs]
     found = []
     for item in inputs:
-        item = os.fspath(item)
+        item = os.fspath(item) if isinstance(item, os.PathLike) else str(item)   # fire reads `2024` as an int
         if os.path.isdir(item):
             matches = [os.path.join(root, f) for root, _, files in os.walk(item) for f in files
                        if f.endswith(TEXT_EXTENSIONS) and not f.startswith('.')]
@@ -156,11 +157,42 @@ def _encode_piece(text, allow_special):
     return ids, n_special
 
 
+def model_folder(model_name, models_dir='models'):
+    """models_dir/model_name, refusing names that would leave models_dir and folders that do not exist.
+
+    model.model_path's rules, kept here so that encoding never imports TensorFlow: the legacy names
+    117M and 345M find the folders 124M and 355M that download_model.py writes.
+    """
+    name = str(model_name)
+    models_dir = os.path.expanduser(os.path.expandvars(os.fspath(models_dir) if isinstance(models_dir, os.PathLike)
+                                                       else str(models_dir)))
+    if (not name or name in ('.', '..') or '..' in name or '/' in name or '\\' in name or '\0' in name
+            or os.path.isabs(name)):
+        raise EncodeError(f'invalid model name {name!r}: give the name of a folder inside {models_dir}, e.g. 124M')
+    path = os.path.join(models_dir, name)
+    if not os.path.isdir(path) and name in LEGACY_NAMES:
+        path = os.path.join(models_dir, LEGACY_NAMES[name])
+    if not os.path.isdir(path):
+        raise EncodeError(f'model {name} not found: {path} does not exist (leave out --model_name to use '
+                          'the vocabulary that every released GPT-2 size shares)')
+    return path
+
+
 def get_encoder(model_name=None, models_dir='models'):
     """The model's encoder, or the vendored GPT-2 one (shared by every released size) when model_name is None."""
     if model_name is None:
         return encoder_lib.get_default_encoder()
-    return encoder_lib.get_encoder(model_name, models_dir)
+    path = model_folder(model_name, models_dir)
+    return encoder_lib.get_encoder(os.path.basename(path), os.path.dirname(path))
+
+
+def check_workers(workers):
+    """--workers as a positive int (None: every core), or an EncodeError."""
+    if workers is None:
+        return os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise EncodeError(f'--workers must be an integer >= 1, got {workers!r}')
+    return workers
 
 
 def token_dtype(n_vocab):
@@ -174,13 +206,11 @@ def encode_stream(inputs, allow_special=True, model_name=None, models_dir='model
     Returns (via StopIteration.value, see encode_to_array) a dict of counts.  Uses `workers`
     processes (default: every core) when the inputs hold at least PARALLEL_MIN_BYTES.
     """
+    workers = check_workers(workers)
     paths = find_files(inputs)
     total_bytes = sum(os.path.getsize(p) for p in paths)
     enc = get_encoder(model_name, models_dir)
     eot = np.asarray([enc.eot_token], token_dtype(enc.n_vocab))
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    if workers < 1:
-        raise EncodeError(f'--workers must be >= 1, got {workers}')
     stats = collections.Counter(files=0, documents=0, empty=0, special=0, tokens=0)
     stats['bytes'] = total_bytes
     stats['processes'] = workers if workers > 1 and total_bytes >= PARALLEL_MIN_BYTES else 1
@@ -270,9 +300,9 @@ def encode(*inputs, out=None, allow_special=True, model_name=None, models_dir='m
       chunk_chars: characters of text per worker task.
       progress: show a progress bar over input bytes.
     """
-    if not out:
+    if out is None or out == '':
         raise EncodeError('give the output file: --out data.npy (or data.npz)')
-    out = os.fspath(out)
+    out = os.fspath(out) if isinstance(out, os.PathLike) else str(out)   # fire reads `--out 5` as an int
     if not out.endswith(('.npy', '.npz')):
         raise EncodeError(f'--out must end in .npy or .npz, got {out}')
     folder = os.path.dirname(os.path.abspath(out))

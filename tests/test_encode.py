@@ -131,3 +131,51 @@ def test_cli_reports_and_fails_in_one_line(tmp_path):
     typo = subprocess.run([sys.executable, script, path, '--outt', str(tmp_path / 'c.npy')],
                           capture_output=True, text=True, timeout=60)
     assert typo.returncode == 1 and typo.stderr.startswith('encode.py: error: unknown flag --outt; valid flags: --out ')
+
+
+def test_model_name_is_checked_and_legacy_names_map(tmp_path, monkeypatch):
+    path = write(tmp_path / 'a.txt', 'text')
+    models = tmp_path / 'models'
+    (models / 'mine').mkdir(parents=True)
+    for name, message in [('../models', 'invalid model name'), ('..', 'invalid model name'),
+                          ('a/b', 'invalid model name'), ('a\\b', 'invalid model name'),
+                          (str(models / 'mine'), 'invalid model name'),
+                          ('nope', 'model nope not found: .*nope does not exist')]:
+        with pytest.raises(encode.EncodeError, match=message):
+            encode.encode(path, out=str(tmp_path / 'o.npy'), model_name=name, models_dir=str(models), progress=False)
+    # A folder with only half a vocabulary shows which folder was read: 117M is 124M's old name.
+    (models / '124M').mkdir()
+    (models / '124M' / 'encoder.json').write_text('{}')
+    with pytest.raises(encoder.EncoderError, match=r'124M has encoder.json but no vocab.bpe'):
+        encode.encode(path, out=str(tmp_path / 'o.npy'), model_name='117M', models_dir=str(models), progress=False)
+    # An existing folder without vocabulary files uses the shared GPT-2 vocabulary, as before.
+    stats = encode.encode(path, out=str(tmp_path / 'o.npy'), model_name='mine', models_dir=str(models), progress=False)
+    assert stats['tokens'] == 1 and np.load(tmp_path / 'o.npy').tolist() == encoder.get_default_encoder().encode('text')
+
+
+def test_numeric_names_and_bad_workers(tmp_path, monkeypatch):
+    # fire reads `encode.py 2024 --out 5` as the ints 2024 and 5.
+    write(tmp_path / '2024' / 'a.txt', 'text')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(encode.EncodeError, match='--out must end in .npy or .npz, got 5'):
+        encode.encode(2024, out=5, progress=False)
+    assert encode.encode(2024, out='x.npy', progress=False)['tokens'] == 1
+    for workers in ('abc', 0, -1, 2.5, True):
+        with pytest.raises(encode.EncodeError, match=f'--workers must be an integer >= 1, got {workers!r}'):
+            encode.encode(2024, out='y.npy', workers=workers, progress=False)
+    assert not os.path.exists('y.npy')
+
+
+def test_cli_numeric_folder_and_bad_flag_values(tmp_path):
+    write(tmp_path / '2024' / 'a.txt', 'text')
+    script = os.path.join(ROOT, 'src', 'encode.py')
+    ok = subprocess.run([sys.executable, script, '2024', '--out', 'x.npy', '--progress=False'],
+                        capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert ok.returncode == 0 and 'wrote 1 tokens' in ok.stdout, ok.stderr
+    for args, message in [(['--workers', 'abc'], "--workers must be an integer >= 1, got 'abc'"),
+                          (['--model_name', '../x'], "invalid model name '../x'"),
+                          (['--out', '5'], '--out must end in .npy or .npz, got 5')]:
+        bad = subprocess.run([sys.executable, script, '2024', '--out', 'y.npy'] + args,
+                             capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 1 and len(lines) == 1 and lines[0].startswith(f'encode.py: error: {message}'), bad.stderr
