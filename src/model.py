@@ -110,26 +110,37 @@ def attention_mask(nd, ns, dtype=tf.float32):
     return tf.cast(i >= j - ns + nd, dtype)
 
 
-def multihead_attn(q, k, v):
-    """Causal softmax(q k^T / sqrt(d)) v.  q: [batch, heads, nd, hd]; k, v: [batch, heads, ns, hd]."""
-    w = tf.matmul(q, k, transpose_b=True) * tf.math.rsqrt(tf.cast(k.shape[-1], q.dtype))
-    _, _, nd, ns = shape_list(w)
-    b = attention_mask(nd, ns, w.dtype)
+def multihead_attn(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(d)) v under a mask.  q: [batch, heads, nd, hd]; k, v: [batch, heads, ns, hd].
+
+    mask: bool [nd, ns], True where a query may see a key; by default causal, anchored bottom-right."""
+    w = tf.matmul(q, k, transpose_b=True) * tf.math.rsqrt(tf.cast(k.shape[-1], q.dtype))   # [batch, heads, nd, ns]
     masked = -1e10 if w.dtype != tf.float16 else -6e4   # -1e10 overflows float16 to -inf, and inf * 0 is NaN
-    w = w * b + tf.cast(masked, w.dtype) * (1 - b)
+    if mask is None:
+        _, _, nd, ns = shape_list(w)
+        b = attention_mask(nd, ns, w.dtype)
+        w = w * b + tf.cast(masked, w.dtype) * (1 - b)
+    else:
+        w = tf.where(mask, w, tf.cast(masked, w.dtype))
     return tf.matmul(tf.nn.softmax(w, axis=-1), v)
 
 
-def attn(x, params, scope, n_head, past=None):
-    """Self-attention.  past: [batch, 2, heads, past_seq, hd]; returns (a, present [batch, 2, heads, seq, hd])."""
+def attn(x, params, scope, n_head, past=None, cache=None):
+    """Self-attention.  past: [batch, 2, heads, past_seq, hd]; returns (a, present [batch, 2, heads, seq, hd]).
+
+    cache: instead of past, a function (k, v) -> (keys, values, mask) that stores this step's keys and
+    values [batch, heads, seq, hd] and returns everything to attend to (the sampler's in-place cache)."""
     c = conv1d(x, params[scope + '/c_attn/w'], params[scope + '/c_attn/b'])
     q, k, v = (split_heads(t, n_head) for t in tf.split(c, 3, axis=2))
     present = tf.stack([k, v], axis=1)
+    mask = None
     if past is not None:
         pk, pv = tf.unstack(past, axis=1)
         k = tf.concat([pk, k], axis=-2)
         v = tf.concat([pv, v], axis=-2)
-    a = merge_heads(multihead_attn(q, k, v))
+    if cache is not None:
+        k, v, mask = cache(k, v)
+    a = merge_heads(multihead_attn(q, k, v, mask))
     return conv1d(a, params[scope + '/c_proj/w'], params[scope + '/c_proj/b']), present
 
 
@@ -138,10 +149,10 @@ def mlp(x, params, scope):
     return conv1d(h, params[scope + '/c_proj/w'], params[scope + '/c_proj/b'])
 
 
-def block(x, params, scope, n_head, past=None):
+def block(x, params, scope, n_head, past=None, cache=None):
     """Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x))."""
     a, present = attn(norm(x, params[scope + '/ln_1/g'], params[scope + '/ln_1/b']),
-                      params, scope + '/attn', n_head, past)
+                      params, scope + '/attn', n_head, past, cache)
     x = x + a
     x = x + mlp(norm(x, params[scope + '/ln_2/g'], params[scope + '/ln_2/b']), params, scope + '/mlp')
     return x, present

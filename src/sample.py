@@ -101,17 +101,9 @@ class Decoder:
         # Query i (at pos + i) sees cache slots j <= pos + i; later slots hold zeros or stale keys.
         mask = tf.range(capacity)[None, :] <= pos + tf.range(n)[:, None]                      # [n, capacity]
         for layer in range(h['n_layer']):
-            s = f'model/h{layer}'
-            a = model.norm(x, p[s + '/ln_1/g'], p[s + '/ln_1/b'])
-            c = model.conv1d(a, p[s + '/attn/c_attn/w'], p[s + '/attn/c_attn/b'])
-            q, k, v = (model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2))      # [batch, heads, n, hd]
-            keys = _write(self.k_cache[layer], k, pos, xla)                                 # [batch, heads, capacity, hd]
-            values = _write(self.v_cache[layer], v, pos, xla)
-            w = tf.matmul(q, keys, transpose_b=True) * tf.math.rsqrt(tf.cast(tf.shape(q)[-1], tf.float32))
-            w = tf.nn.softmax(tf.where(mask, w, -1e10), axis=-1)                            # [batch, heads, n, capacity]
-            a = model.merge_heads(tf.matmul(w, values))
-            x = x + model.conv1d(a, p[s + '/attn/c_proj/w'], p[s + '/attn/c_proj/b'])
-            x = x + model.mlp(model.norm(x, p[s + '/ln_2/g'], p[s + '/ln_2/b']), p, s + '/mlp')
+            def cache(k, v, layer=layer):   # k, v: [batch, heads, n, hd] -> the whole buffers [.., capacity, hd]
+                return (_write(self.k_cache[layer], k, pos, xla), _write(self.v_cache[layer], v, pos, xla), mask)
+            x, _ = model.block(x, p, f'model/h{layer}', n_head, cache=cache)
         last = model.norm(x[:, -1], p['model/ln_f/g'], p['model/ln_f/b'])                    # [batch, n_embd]
         if self.wte_t is not None:
             return tf.matmul(last, self.wte_t)
