@@ -6,6 +6,10 @@
 
 Each file streams into <file>.part and is renamed only once complete, so a
 final name never holds a partial file and a rerun resumes where it stopped.
+The file's validator (its ETag, else Last-Modified) is kept beside the .part in
+<file>.part.etag and sent as If-Range when resuming, so a file that changed on
+the server since is fetched again from byte 0 instead of being spliced onto the
+old bytes.  Without a validator a resume trusts the server's file to be unchanged.
 """
 
 import argparse
@@ -155,6 +159,8 @@ def _size(path):
 def _download_file(session, url, path, filename, retries, backoff, timeout, file_bar, total_bar):
     """Fill path + '.part' from url, resuming and retrying, then check it and rename it to path."""
     part = path + ".part"
+    if not os.path.exists(part):
+        _remove(_sidecar(part))  # left by a run stopped just after renaming its .part
     best = _size(part)  # the .part's largest size so far; growing past it resets the failure count
     failures = 0
     while True:
@@ -162,7 +168,7 @@ def _download_file(session, url, path, filename, retries, backoff, timeout, file
             if _fetch_once(session, url, part, timeout, file_bar, total_bar):
                 break
         except _StartOver:
-            os.remove(part)  # only raised when a Range was sent, so this cannot loop without progress
+            _remove_part(part)  # only raised when a Range was sent, so this cannot loop without progress
         except _Transient as exc:
             size = _size(part)
             if size > best:
@@ -175,11 +181,77 @@ def _download_file(session, url, path, filename, retries, backoff, timeout, file
 
     expected = KNOWN_SHA256.get(filename)
     if expected and _sha256(part) != expected:
-        os.remove(part)
+        _remove_part(part)
         raise DownloadError(
             f"{url}: {filename} does not match the GPT-2 vocabulary (sha256 mismatch);"
             f" the server sent something else, check the base URL")
     os.replace(part, path)
+    _remove(_sidecar(part))
+
+
+def _sidecar(part):
+    """Where the validator of the file whose first bytes part holds is kept."""
+    return part + ".etag"
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _remove_part(part):
+    os.remove(part)
+    _remove(_sidecar(part))
+
+
+def _header_value(text):
+    """text stripped if it can go back into an If-Range header (printable ASCII, not too long), else None."""
+    text = (text or "").strip()
+    return text if text and len(text) <= 512 and all(" " <= c <= "~" for c in text) else None
+
+
+def _validator(resp):
+    """The response's validator for If-Range: a strong ETag, else Last-Modified, else None.
+
+    (A weak ETag, W/"...", never matches in If-Range, so it would restart every resume.)
+    """
+    etag = _header_value(resp.headers.get("ETag"))
+    if etag and not etag.startswith("W/"):
+        return etag
+    return _header_value(resp.headers.get("Last-Modified"))
+
+
+def _read_validator(part):
+    try:
+        with open(_sidecar(part), encoding="ascii") as f:
+            return _header_value(f.read())
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _write_validator(part, validator):
+    """Record part's validator atomically (temporary file, fsync, rename); None removes the record."""
+    sidecar = _sidecar(part)
+    if validator is None:
+        _remove(sidecar)
+        return
+    tmp = sidecar + ".tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(validator + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, sidecar)
+
+
+def _changed(validator, resp):
+    """True when a 206 carries a validator that differs from the one the .part was started with
+    (a server that ignored If-Range but honoured Range for a file that has since changed)."""
+    if validator is None:
+        return False
+    now = _header_value(resp.headers.get("Last-Modified" if validator[-4:] == " GMT" else "ETag"))
+    return now is not None and now != validator
 
 
 def _fetch_once(session, url, part, timeout, file_bar, total_bar):
@@ -189,8 +261,11 @@ def _fetch_once(session, url, part, timeout, file_bar, total_bar):
     """
     have = _size(part)
     headers = {"Accept-Encoding": "identity"}
+    validator = _read_validator(part) if have else None
     if have:
         headers["Range"] = f"bytes={have}-"
+        if validator:  # a changed file then comes whole, with 200, instead of its tail
+            headers["If-Range"] = validator
     try:
         resp = session.get(url, headers=headers, stream=True, timeout=timeout)
     except requests.exceptions.SSLError as exc:  # retrying will not fix a certificate
@@ -218,8 +293,8 @@ def _fetch_once(session, url, part, timeout, file_bar, total_bar):
             if not have:
                 raise DownloadError(f"{url}: the server sent part of the file without being asked")
             start, total = _parse_content_range(resp.headers.get("Content-Range"))
-            if start != have or encoded:
-                raise _StartOver()  # another range than asked, or compressed bytes we cannot splice
+            if start != have or encoded or _changed(validator, resp):
+                raise _StartOver()  # another range or file than asked, or compressed bytes we cannot splice
             offset = have
         else:  # 200: the whole file, whether or not a Range was sent
             offset, total = 0, (None if encoded else announced)
@@ -229,6 +304,8 @@ def _fetch_once(session, url, part, timeout, file_bar, total_bar):
         file_bar.update(offset)
         try:
             with open(part, "ab" if offset else "wb") as f:
+                if not offset:  # the .part is empty now: record what its bytes will come from
+                    _write_validator(part, _validator(resp))
                 for chunk in resp.iter_content(CHUNK_SIZE):
                     f.write(chunk)
                     file_bar.update(len(chunk))
@@ -248,7 +325,7 @@ def _fetch_once(session, url, part, timeout, file_bar, total_bar):
     if total is None or size == total:
         return True
     if size > total:
-        os.remove(part)
+        _remove_part(part)
         raise DownloadError(f"{url}: got {size} bytes but the server announced {total}")
     if status == 206 and size > have:
         return False  # the server sent less than the rest, but correctly: ask again
@@ -316,7 +393,8 @@ def main(argv=None):
         prog="download_model.py",
         description="Download released GPT-2 models into MODELS_DIR/<name>/.",
         epilog=f"The base URL may also come from ${BASE_URL_ENV}. "
-               "A rerun resumes partial downloads and skips complete models.")
+               "A rerun resumes partial downloads (from byte 0 if the file changed on the server) "
+               "and skips complete models.")
     parser.add_argument("models", nargs="+", metavar="model",
                         help=f"{', '.join(MODEL_NAMES)} (old names 117M and 345M also work)")
     parser.add_argument("--models_dir", "--models-dir", default="models",

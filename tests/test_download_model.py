@@ -1,6 +1,7 @@
 """download_model.py against a local HTTP server that misbehaves on request."""
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -48,13 +49,21 @@ def make_model(seed, n_embd):
 MODELS = {"124M": make_model(1, 768), "355M": make_model(2, 1024)}
 
 
+def etag_of(data):
+    return '"%s"' % hashlib.sha256(data).hexdigest()[:16]
+
+
 class Handler(BaseHTTPRequestHandler):
     """Serves /models/<name>/<file>, applying the next planned fault for that file.
 
     A fault is a dict of: status (answer only that), body and content_type (other content),
     ignore_range, claim_start or range_len (a 206 for another or a shorter range), status_206
     (a 206 nobody asked for), gzip, no_length (body ends at close), cut_after or reset_after
-    (close cleanly or reset after N body bytes), empty_body, delay (seconds per 16 KiB sent).
+    (close cleanly or reset after N body bytes), empty_body, delay (seconds per 16 KiB sent),
+    etag (another ETag header than the content's hash, None for none), last_modified (a
+    Last-Modified header), ignore_if_range (honour Range even when If-Range does not match).
+    Like a real server it answers a Range with If-Range that does not match the current strong
+    ETag or Last-Modified with 200 and the whole body.
     """
 
     protocol_version = "HTTP/1.1"
@@ -90,7 +99,17 @@ class Handler(BaseHTTPRequestHandler):
 
         status, start = 200, 0
         headers = {"Content-Type": fault.get("content_type", "application/octet-stream")}
+        etag, modified = fault.get("etag", etag_of(data)), fault.get("last_modified")
+        if etag is not None:
+            headers["ETag"] = etag
+        if modified is not None:
+            headers["Last-Modified"] = modified
         ask = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "bytes=0-" if fault.get("status_206") else ""))
+        if_range = self.headers.get("If-Range")
+        if ask and if_range is not None and not fault.get("ignore_if_range"):
+            strong = etag is not None and not etag.startswith("W/")
+            if not ((strong and if_range == etag) or (modified is not None and if_range == modified)):
+                ask = None  # the file changed: send all of it
         if ask and not fault.get("ignore_range"):
             start = int(ask[1])
             if start >= len(data):
@@ -182,7 +201,8 @@ def assert_model(tmp_path, name="124M", served="124M"):
 
 def finals(tmp_path, name="124M"):
     folder = tmp_path / "models" / name
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".part")) if folder.exists() else []
+    partial = (".part", ".part.etag")
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(partial)) if folder.exists() else []
 
 
 def run_cli(*args, env_extra=None, timeout=60):
@@ -375,6 +395,59 @@ def test_interrupted_run_resumes_transferring_only_missing_bytes(server, tmp_pat
     assert_model(tmp_path)
     assert [f for _, f, _ in server.log] == [DATA, "model.ckpt.index", "model.ckpt.meta", "vocab.bpe"]
     assert server.log[0][2]["Range"] == f"bytes={kept}-"
+    assert server.log[0][2]["If-Range"] == etag_of(MODELS["124M"][DATA])
+    assert server.sent["124M", DATA] == len(MODELS["124M"][DATA]) - kept
+
+
+def interrupt(server, tmp_path, **fault):
+    """A first run cut off in the data file; returns the size of the .part it leaves."""
+    server.plan[DATA] = [{"cut_after": 150_000, **fault}]
+    with pytest.raises(dm.DownloadError, match="connection dropped"):
+        fetch(server, tmp_path)
+    server.log.clear()
+    server.sent.clear()
+    return (tmp_path / "models/124M" / (DATA + ".part")).stat().st_size
+
+
+@pytest.mark.parametrize("fault", [{}, {"etag": 'W/"weak"', "last_modified": "Tue, 01 Apr 2025 10:00:00 GMT"}])
+def test_file_changed_on_the_server_between_runs_restarts_from_zero(server, tmp_path, monkeypatch, fault):
+    old = MODELS["124M"][DATA]
+    kept = interrupt(server, tmp_path, **fault)
+    validator = fault.get("last_modified", etag_of(old))  # a weak ETag cannot be used with If-Range
+    sidecar = tmp_path / "models/124M" / (DATA + ".part.etag")
+    assert sidecar.read_text().strip() == validator
+    new = bytes(b ^ 0xFF for b in old)  # same size, other bytes: only a validator tells them apart
+    monkeypatch.setitem(MODELS["124M"], DATA, new)
+    if fault:
+        server.always[DATA] = {**fault, "last_modified": "Wed, 02 Apr 2025 10:00:00 GMT"}
+    fetch(server, tmp_path)
+    assert (tmp_path / "models/124M" / DATA).read_bytes() == new
+    (headers,) = [h for _, f, h in server.log if f == DATA]
+    assert (headers["Range"], headers["If-Range"]) == (f"bytes={kept}-", validator)
+    assert server.sent["124M", DATA] == len(new)  # the server sent it all, and only once
+    assert sorted(os.listdir(tmp_path / "models/124M")) == sorted(dm.FILENAMES)  # no sidecar left
+
+
+def test_changed_file_from_a_server_ignoring_if_range_is_not_spliced(server, tmp_path, monkeypatch):
+    old = MODELS["124M"][DATA]
+    kept = interrupt(server, tmp_path)
+    new = bytes(b ^ 0xFF for b in old)
+    monkeypatch.setitem(MODELS["124M"], DATA, new)
+    server.always[DATA] = {"ignore_if_range": True}  # a 206 of the new file, with its new ETag
+    fetch(server, tmp_path)
+    assert (tmp_path / "models/124M" / DATA).read_bytes() == new
+    assert [h.get("Range") for _, f, h in server.log if f == DATA] == [f"bytes={kept}-", None]
+    assert sorted(os.listdir(tmp_path / "models/124M")) == sorted(dm.FILENAMES)
+
+
+def test_without_a_validator_resume_sends_no_if_range(server, tmp_path):
+    kept = interrupt(server, tmp_path, etag=None)
+    assert not (tmp_path / "models/124M" / (DATA + ".part.etag")).exists()
+    server.always[DATA] = {"etag": None}
+    fetch(server, tmp_path)
+    assert_model(tmp_path)
+    (headers,) = [h for _, f, h in server.log if f == DATA]
+    assert headers["Range"] == f"bytes={kept}-" and "If-Range" not in headers
     assert server.sent["124M", DATA] == len(MODELS["124M"][DATA]) - kept
 
 
