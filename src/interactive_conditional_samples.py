@@ -22,27 +22,24 @@ def read_prompt():
 
 def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, length=None,
                    temperature=1, top_k=0, top_p=1, models_dir='models'):
-    """
-    Interactively run the model
-    :model_name=124M : String, which model to use
-    :seed=None : Integer seed for random number generators, fix seed to reproduce
-     results
-    :nsamples=1 : Number of samples to return total
-    :batch_size=1 : Number of batches (only affects speed/memory).
-    :length=None : Number of tokens in generated text, if None (default), is
-     determined by model hyperparameters (half the context)
-    :temperature=1 : Float value controlling randomness in boltzmann
-     distribution. Lower temperature results in less random completions. As the
-     temperature approaches zero, the model will become deterministic and
-     repetitive. Higher temperature results in more random completions.
-    :top_k=0 : Integer value controlling diversity. 1 means only 1 word is
-     considered for each step (token), resulting in deterministic completions,
-     while 40 means 40 words are considered at each step. 0 (default) is a
-     special setting meaning no restrictions. 40 generally is a good value.
-    :top_p=1 : Float in (0, 1]: nucleus sampling keeps the smallest set of most
-     likely tokens whose probability adds up to top_p. 1 (default) turns it off.
-    :models_dir : path to parent folder containing model subfolders
-     (i.e. contains the <model_name> folder)
+    """Interactively continue prompts typed at the terminal (Ctrl-D quits).
+
+    Args:
+      model_name: which model to use, a folder inside models_dir (117M and 345M find 124M and 355M).
+      seed: integer seed for the random number generators; fix it to reproduce results.
+      nsamples: number of samples to return for each prompt.
+      batch_size: number of samples drawn in parallel (only affects speed/memory).
+      length: number of tokens in generated text; if None (default), half the context.
+      temperature: float controlling randomness in the Boltzmann distribution. Lower temperature
+        gives less random completions; as it approaches zero the model becomes deterministic and
+        repetitive (0 is greedy). Higher temperature gives more random completions.
+      top_k: integer controlling diversity. 1 means only 1 word is considered for each step
+        (token), resulting in deterministic completions, while 40 means 40 words are considered at
+        each step. 0 (default) is a special setting meaning no restrictions. 40 generally is a good value.
+      top_p: float in (0, 1]: nucleus sampling keeps the smallest set of most likely tokens whose
+        probability adds up to top_p. 1 (default) turns it off.
+      models_dir: path to the parent folder containing model subfolders (i.e. contains the
+        <model_name> folder).
     """
     nsamples = cli.integer('nsamples', nsamples, minimum=1)
     batch_size = cli.integer('batch_size', batch_size, minimum=1)
