@@ -51,6 +51,30 @@ class TrainError(cli.UsageError):
     """A setting, dataset or folder that training cannot use, with the fix."""
 
 
+def number(name, value, minimum=None, maximum=None, allow_none=False, inclusive_max=True, inclusive_min=True):
+    """A flag value as a finite float within [minimum, maximum] (or with open ends), or a TrainError
+    (a cli.UsageError) naming the flag: cli.number's behaviour, plus inclusive_min."""
+    if value is None and allow_none:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if ok:
+        value = float(value)
+        ok = (np.isfinite(value)
+              and (minimum is None or (value >= minimum if inclusive_min else value > minimum))
+              and (maximum is None or (value <= maximum if inclusive_max else value < maximum)))
+    if not ok:
+        if minimum is not None and maximum is not None:
+            limit = (f' in {"[" if inclusive_min else "("}{minimum:g}, {maximum:g}{"]" if inclusive_max else ")"}')
+        elif minimum is not None:
+            limit = f' {">=" if inclusive_min else ">"} {minimum:g}'
+        elif maximum is not None:
+            limit = f' {"<=" if inclusive_max else "<"} {maximum:g}'
+        else:
+            limit = ''
+        raise TrainError(f'--{name} must be a number{limit}, got {value!r}')
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # Data: a flat stream of token ids; training windows drawn at random, validation windows fixed.
 
@@ -63,9 +87,9 @@ def load_tokens(dataset, allow_special=True, progress=True):
             raise TrainError(f'dataset {dataset} does not exist')
         try:
             if dataset.endswith('.npy'):
-                tokens = np.load(dataset, mmap_mode='r')
+                tokens = np.load(dataset, mmap_mode='r', allow_pickle=False)
             else:
-                with np.load(dataset) as npz:
+                with np.load(dataset, allow_pickle=False) as npz:
                     if 'tokens' in npz.files:
                         tokens = npz['tokens']
                     else:   # nshepperd's format: one array per chunk of text; chunks are documents here
@@ -85,9 +109,11 @@ def load_tokens(dataset, allow_special=True, progress=True):
 
 def check_tokens(tokens, n_vocab, name):
     """Ids within the vocabulary; warn about '<|endoftext|>' spelled as text (the TF1 forks' encoding)."""
-    if len(tokens) and int(tokens.max()) >= n_vocab:
-        raise TrainError(f'{name} holds token id {int(tokens.max())}, outside the model\'s vocabulary of '
-                         f'{n_vocab}; encode the text with this model\'s encoder')
+    if len(tokens):
+        low, high = int(tokens.min()), int(tokens.max())   # negative ids would crash later, in tf.gather
+        if low < 0 or high >= n_vocab:
+            raise TrainError(f'{name} holds token id {low if low < 0 else high}, outside the model\'s vocabulary '
+                             f'of {n_vocab} (ids 0..{n_vocab - 1}); encode the text with this model\'s encoder')
     head = np.asarray(tokens[:1 << 24])   # a prefix is enough to notice a systematic problem
     n = len(EOT_AS_TEXT)
     if len(head) >= n:
@@ -545,10 +571,17 @@ def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hpara
             raise TrainError(f'--{name} must be an integer >= 0 (0 turns it off), got {value!r}')
     if precision not in PRECISIONS:
         raise TrainError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
-    if not 0 <= val_fraction < 1:
-        raise TrainError(f'--val_fraction must be in [0, 1), got {val_fraction}')
-    if not learning_rate > 0:
-        raise TrainError(f'--learning_rate must be > 0, got {learning_rate}')
+    val_fraction = number('val_fraction', val_fraction, 0, 1, inclusive_max=False)
+    learning_rate = number('learning_rate', learning_rate, 0, inclusive_min=False)
+    grad_clip = number('grad_clip', grad_clip, 0)
+    beta1 = number('beta1', beta1, 0, 1, inclusive_max=False)
+    beta2 = number('beta2', beta2, 0, 1, inclusive_max=False)
+    epsilon = number('epsilon', epsilon, 0, inclusive_min=False)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TrainError(f'--seed must be an integer >= 0, got {seed!r}')
+    if isinstance(dataset, (int, float)) and not isinstance(dataset, bool):
+        dataset = str(dataset)   # fire reads a file or folder named e.g. 2024 as a number
+    checkpoint_dir = os.fspath(checkpoint_dir) if isinstance(checkpoint_dir, os.PathLike) else str(checkpoint_dir)
     if not run_name or os.sep in str(run_name) or str(run_name) in ('.', '..'):
         raise TrainError(f'--run_name must be a plain folder name, got {run_name!r}')
     run_dir = os.path.join(checkpoint_dir, str(run_name))
@@ -565,7 +598,7 @@ def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hpara
     else:
         if hparams is not None:
             raise TrainError('--hparams applies to --fresh runs; a released model brings its own')
-        source_dir = os.path.join(models_dir, model_name)
+        source_dir = model.model_path(model_name, models_dir)
         hp = model.load_hparams(source_dir)
     seq_len = hp['n_ctx'] if seq_len is None else seq_len
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= hp['n_ctx']:
@@ -692,9 +725,22 @@ def _sample(trainer, hp, enc, run_dir, step, length, num, top_k, seed, writer, b
     text = '\n'.join(f'======== SAMPLE {i + 1} ========\n{t}' for i, t in enumerate(texts))
     bar.write(f'step {step} samples:\n{text}', file=sys.stderr)
     os.makedirs(os.path.join(run_dir, 'samples'), exist_ok=True)
-    with open(os.path.join(run_dir, 'samples', f'step-{step}.txt'), 'w', encoding='utf-8') as f:
-        f.write(text + '\n')
+    write_text_atomically(os.path.join(run_dir, 'samples', f'step-{step}.txt'), text + '\n')
     log_text(writer, step, 'samples', text)
+
+
+def write_text_atomically(path, text):
+    """Write text to a temporary file beside path, then rename it over path: never half-written.
+    (open, not mkstemp, so the file gets the usual permissions rather than 0600.)"""
+    tmp = os.path.join(os.path.dirname(path), f'.{os.path.basename(path)}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def main(dataset=None, model_name='124M', models_dir='models', fresh=False, hparams=None,
@@ -738,7 +784,7 @@ def main(dataset=None, model_name='124M', models_dir='models', fresh=False, hpar
       xla: compile the forward and backward pass with XLA.
       strategy: auto (several GPUs: mirrored; TF_CONFIG set: multiworker), default (one device),
         mirrored (all local GPUs) or multiworker (MultiWorkerMirroredStrategy via TF_CONFIG).
-      seed: seed of fresh weights, of the data order, and of the samples.
+      seed: seed of fresh weights, of the data order, and of the samples (an integer >= 0).
       allow_special: for text datasets: a literal '<|endoftext|>' is the document separator token.
       progress: show a progress bar.
     """

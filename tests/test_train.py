@@ -294,8 +294,89 @@ def test_token_files_npy_npz_and_legacy_npz(tmp_path, capsys):
     assert "spells '<|endoftext|>' as 7 ordinary tokens 2 times" in capsys.readouterr().err
 
 
+def test_token_ids_below_zero_are_refused(tmp_path):
+    with pytest.raises(train.TrainError, match='token id -3, outside the model.s vocabulary of 110'):
+        train.check_tokens(np.array([5, -3, 7], np.int32), 110, 'neg.npy')
+    np.save(tmp_path / 'neg.npy', np.array([1, 2, -1] * 20, np.int16))
+    with pytest.raises(train.TrainError, match='token id -1'):
+        run(tmp_path, 'r', dataset=str(tmp_path / 'neg.npy'), seq_len=4)
+
+
+def test_token_files_are_loaded_without_pickle(tmp_path, monkeypatch):
+    np.save(tmp_path / 'obj.npy', np.array([1, 'a'], dtype=object), allow_pickle=True)
+    with pytest.raises(train.TrainError, match='cannot read token file'):
+        train.load_tokens(str(tmp_path / 'obj.npy'))
+    calls = []
+    real = np.load
+    monkeypatch.setattr(np, 'load', lambda *a, **k: calls.append(k) or real(*a, **k))
+    np.save(tmp_path / 'a.npy', np.arange(5, dtype=np.uint16))
+    np.savez(tmp_path / 'b.npz', tokens=np.arange(5, dtype=np.uint16))
+    train.load_tokens(str(tmp_path / 'a.npy'))
+    train.load_tokens(str(tmp_path / 'b.npz'))
+    assert len(calls) == 2 and all(k.get('allow_pickle') is False for k in calls)
+
+
+def test_sample_files_are_written_atomically(tmp_path, monkeypatch):
+    import types
+    import encoder
+    h = model.default_hparams().override_from_dict(TINY_HPARAMS)
+    trainer = types.SimpleNamespace(weights=model.init_params(h, seed=0))
+    bar = types.SimpleNamespace(write=lambda *a, **k: None)
+    replaced = []
+    real = os.replace
+    monkeypatch.setattr(os, 'replace', lambda src, dst: replaced.append((str(src), str(dst))) or real(src, dst))
+    train._sample(trainer, h, encoder.get_default_encoder(), str(tmp_path), 7, 3, 1, 0, 0, None, bar)
+    path = str(tmp_path / 'samples' / 'step-7.txt')
+    assert [dst for _, dst in replaced] == [path]
+    assert os.path.dirname(replaced[0][0]) == os.path.dirname(path)
+    assert open(path, encoding='utf-8').read().startswith('======== SAMPLE 1 ========')
+    assert os.listdir(tmp_path / 'samples') == ['step-7.txt']
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one clear error, and an existing run left exactly as it was.
+
+@pytest.mark.parametrize('flag, value, message', [
+    ('learning_rate', 'abc', r"--learning_rate must be a number > 0, got 'abc'"),
+    ('learning_rate', -1e-4, r'--learning_rate must be a number > 0'),
+    ('learning_rate', 0, r'--learning_rate must be a number > 0'),
+    ('val_fraction', 'abc', r'--val_fraction must be a number in \[0, 1\)'),
+    ('val_fraction', 1, r'--val_fraction must be a number in \[0, 1\)'),
+    ('val_fraction', -0.1, r'--val_fraction must be a number in \[0, 1\)'),
+    ('grad_clip', 'abc', r'--grad_clip must be a number >= 0'),
+    ('grad_clip', -1, r'--grad_clip must be a number >= 0'),
+    ('epsilon', 'abc', r'--epsilon must be a number > 0'),
+    ('epsilon', 0, r'--epsilon must be a number > 0'),
+    ('epsilon', -1e-8, r'--epsilon must be a number > 0'),
+    ('beta1', 2, r'--beta1 must be a number in \[0, 1\)'),
+    ('beta1', -0.5, r'--beta1 must be a number in \[0, 1\)'),
+    ('beta2', 1, r'--beta2 must be a number in \[0, 1\)'),
+    ('beta2', 1.5, r'--beta2 must be a number in \[0, 1\)'),
+    ('beta2', float('nan'), r'--beta2 must be a number in \[0, 1\)'),
+    ('seed', 'abc', r"--seed must be an integer >= 0, got 'abc'"),
+    ('seed', -1, r'--seed must be an integer >= 0, got -1'),
+    ('seed', 1.5, r'--seed must be an integer >= 0, got 1.5'),
+])
+def test_bad_flag_values_are_clear_errors(tmp_path, flag, value, message):
+    with pytest.raises(train.TrainError, match=message):
+        run(tmp_path, 'r', **{flag: value})
+    assert not (tmp_path / 'ck').exists()
+
+
+def test_names_fire_reads_as_numbers_and_legacy_model_names(tmp_path, monkeypatch):
+    # fire turns `--dataset 2024` into the int 2024: it is still the folder 2024.
+    (tmp_path / '2024').mkdir()
+    (tmp_path / '2024' / 'empty.txt').write_text('')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(train.TrainError, match='the dataset is empty'):
+        run(tmp_path, 'r', dataset=2024)
+    # 117M is the old name of 124M, which download_model.py writes.
+    from conftest import write_model
+    write_model(tmp_path / 'models', '124M')
+    result = run(tmp_path, 'legacy', fresh=False, hparams=None, models_dir=str(tmp_path / 'models'),
+                 model_name='117M', steps=1, seq_len=8)
+    assert result['step'] == 1 and train.latest_step(result['run_dir']) == 1
+
 
 def test_bad_inputs_are_clear_errors(tmp_path, tiny_models_dir):
     (tmp_path / 'empty.txt').write_text('')
@@ -310,8 +391,12 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny_models_dir):
         run(tmp_path, 'r', dataset=str(tmp_path / 'short.txt'))
     with pytest.raises(train.TrainError, match='--val_fraction 0'):
         run(tmp_path, 'r', dataset=str(tmp_path / 'short.txt'), seq_len=4, val_fraction=0.5)
-    with pytest.raises(model.ModelError, match=r'does not exist; run: python download_model.py'):
+    with pytest.raises(model.ModelError, match=r'model nope not found: .* does not exist'):
         run(tmp_path, 'r', fresh=False, hparams=None, models_dir=tiny_models_dir, model_name='nope')
+    for name in ('../tiny', os.path.abspath(tiny_models_dir)):    # names that leave models_dir are refused
+        with pytest.raises(model.ModelError, match='invalid model name'):
+            run(tmp_path, 'r', fresh=False, hparams=None, models_dir=os.path.join(tiny_models_dir, 'x'),
+                model_name=name)
     with pytest.raises(train.TrainError, match='cannot write to'):
         run(tmp_path, 'r', checkpoint_dir=str(tmp_path / 'a_file'))
     with pytest.raises(train.TrainError, match='--strategy must be one of'):
@@ -348,7 +433,9 @@ def test_cli_error_is_one_line(tmp_path, tiny_models_dir):
     (tmp_path / 'fox.txt').write_text(TEXT)
     train_py = os.path.join(SRC, 'train.py')
     fox = str(tmp_path / 'fox.txt')
-    for args, message in [([fox, '--models_dir', tiny_models_dir, '--model_name', 'nope'], 'error: model folder '),
+    for args, message in [([fox, '--models_dir', tiny_models_dir, '--model_name', 'nope'], 'error: model nope not found'),
+                          ([fox, '--fresh', '--learning_rate', 'abc'], "error: --learning_rate must be a number > 0, got 'abc'"),
+                          ([fox, '--fresh', '--seed', '-1'], 'error: --seed must be an integer >= 0, got -1'),
                           ([str(tmp_path / 'none.txt'), '--fresh'], f'error: {tmp_path / "none.txt"} does not exist'),
                           ([fox, '--batch_sise', '2'], 'error: unknown flag --batch_sise')]:
         args = [sys.executable, train_py, '--checkpoint_dir', str(tmp_path / 'ck'), '--dataset'] + args
