@@ -88,19 +88,24 @@ def integer(name, value, minimum=None, allow_none=False):
     return value
 
 
-def number(name, value, minimum=None, maximum=None, allow_none=False, above_minimum=False):
-    """A flag value as float in [minimum, maximum] ((minimum, maximum] with above_minimum), or a UsageError."""
+def number(name, value, minimum=None, maximum=None, allow_none=False, inclusive_min=True, inclusive_max=True):
+    """A flag value as a finite float within [minimum, maximum] (or with open ends), or a UsageError."""
     if value is None and allow_none:
         return None
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if ok and minimum is not None:
-        ok = value > minimum if above_minimum else value >= minimum
-    if ok and maximum is not None:
-        ok = value <= maximum
+    if ok:
+        ok = ((minimum is None or (value >= minimum if inclusive_min else value > minimum))
+              and (maximum is None or (value <= maximum if inclusive_max else value < maximum)))
     if not ok:
-        lo = '' if minimum is None else f' {">" if above_minimum else ">="} {minimum}'
-        hi = '' if maximum is None else f'{" and" if lo else ""} <= {maximum}'
-        raise UsageError(f'--{name} must be a number{lo}{hi}, got {value!r}')
+        if minimum is not None and maximum is not None:
+            limit = f' in {"[" if inclusive_min else "("}{minimum:g}, {maximum:g}{"]" if inclusive_max else ")"}'
+        elif minimum is not None:
+            limit = f' {">=" if inclusive_min else ">"} {minimum:g}'
+        elif maximum is not None:
+            limit = f' {"<=" if inclusive_max else "<"} {maximum:g}'
+        else:
+            limit = ''
+        raise UsageError(f'--{name} must be a number{limit}, got {value!r}')
     return float(value)
 
 

@@ -51,30 +51,6 @@ class TrainError(cli.UsageError):
     """A setting, dataset or folder that training cannot use, with the fix."""
 
 
-def number(name, value, minimum=None, maximum=None, allow_none=False, inclusive_max=True, inclusive_min=True):
-    """A flag value as a finite float within [minimum, maximum] (or with open ends), or a TrainError
-    (a cli.UsageError) naming the flag: cli.number's behaviour, plus inclusive_min."""
-    if value is None and allow_none:
-        return None
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    if ok:
-        value = float(value)
-        ok = (np.isfinite(value)
-              and (minimum is None or (value >= minimum if inclusive_min else value > minimum))
-              and (maximum is None or (value <= maximum if inclusive_max else value < maximum)))
-    if not ok:
-        if minimum is not None and maximum is not None:
-            limit = (f' in {"[" if inclusive_min else "("}{minimum:g}, {maximum:g}{"]" if inclusive_max else ")"}')
-        elif minimum is not None:
-            limit = f' {">=" if inclusive_min else ">"} {minimum:g}'
-        elif maximum is not None:
-            limit = f' {"<=" if inclusive_max else "<"} {maximum:g}'
-        else:
-            limit = ''
-        raise TrainError(f'--{name} must be a number{limit}, got {value!r}')
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # Data: a flat stream of token ids; training windows drawn at random, validation windows fixed.
 
@@ -571,12 +547,12 @@ def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hpara
             raise TrainError(f'--{name} must be an integer >= 0 (0 turns it off), got {value!r}')
     if precision not in PRECISIONS:
         raise TrainError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
-    val_fraction = number('val_fraction', val_fraction, 0, 1, inclusive_max=False)
-    learning_rate = number('learning_rate', learning_rate, 0, inclusive_min=False)
-    grad_clip = number('grad_clip', grad_clip, 0)
-    beta1 = number('beta1', beta1, 0, 1, inclusive_max=False)
-    beta2 = number('beta2', beta2, 0, 1, inclusive_max=False)
-    epsilon = number('epsilon', epsilon, 0, inclusive_min=False)
+    val_fraction = cli.number('val_fraction', val_fraction, 0, 1, inclusive_max=False)
+    learning_rate = cli.number('learning_rate', learning_rate, 0, inclusive_min=False)
+    grad_clip = cli.number('grad_clip', grad_clip, 0)
+    beta1 = cli.number('beta1', beta1, 0, 1, inclusive_max=False)
+    beta2 = cli.number('beta2', beta2, 0, 1, inclusive_max=False)
+    epsilon = cli.number('epsilon', epsilon, 0, inclusive_min=False)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise TrainError(f'--seed must be an integer >= 0, got {seed!r}')
     if isinstance(dataset, (int, float)) and not isinstance(dataset, bool):

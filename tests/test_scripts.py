@@ -142,7 +142,7 @@ def test_unconditional_subprocess_legacy_name(tmp_path):
 
 def test_cli_number():
     import cli
-    assert cli.number('top_p', 0.5, 0, 1, above_minimum=True) == 0.5
+    assert cli.number('top_p', 0.5, 0, 1, inclusive_min=False) == 0.5
     for bad in ('abc', float('nan'), float('inf'), -1, 0, 2, True):
-        with pytest.raises(cli.UsageError, match='--top_p must be a number > 0 and <= 1'):
-            cli.number('top_p', bad, 0, 1, above_minimum=True)
+        with pytest.raises(cli.UsageError, match=r'--top_p must be a number in \(0, 1\]'):
+            cli.number('top_p', bad, 0, 1, inclusive_min=False)

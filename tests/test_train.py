@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 import pytest
+
+import cli
 import tensorflow as tf
 
 import model
@@ -358,7 +360,7 @@ def test_sample_files_are_written_atomically(tmp_path, monkeypatch):
     ('seed', 1.5, r'--seed must be an integer >= 0, got 1.5'),
 ])
 def test_bad_flag_values_are_clear_errors(tmp_path, flag, value, message):
-    with pytest.raises(train.TrainError, match=message):
+    with pytest.raises(cli.UsageError, match=message):
         run(tmp_path, 'r', **{flag: value})
     assert not (tmp_path / 'ck').exists()
 
