@@ -1,10 +1,8 @@
 #!/usr/bin/env python3
 """Print unconditional GPT-2 samples: text that starts from <|endoftext|>, with no prompt."""
 import cli
-import encoder
-import model
 import sample
-from interactive_conditional_samples import path_parts, print_header
+from interactive_conditional_samples import check_flags, load_model, print_header
 
 
 def sample_model(model_name='124M', seed=None, nsamples=0, batch_size=1, length=None,
@@ -29,19 +27,9 @@ def sample_model(model_name='124M', seed=None, nsamples=0, batch_size=1, length=
         <model_name> folder).
     """
     nsamples = cli.integer('nsamples', nsamples, minimum=0)
-    batch_size = cli.integer('batch_size', batch_size, minimum=1)
-    seed = cli.integer('seed', seed, minimum=0, allow_none=True)
-    length = cli.integer('length', length, minimum=1, allow_none=True)
-    temperature, top_k, top_p = sample.check_settings(temperature, top_k, top_p)
-
-    path = model.model_path(model_name, models_dir)
-    enc = encoder.get_encoder(*path_parts(path))
-    hparams, params = model.load(path)
-    if length is None:
-        length = hparams.n_ctx - 1   # the start token takes the first position
-    elif length > hparams.n_ctx - 1:
-        raise cli.UsageError(f"can't get samples longer than the context: --length {length} > "
-                             f'{hparams.n_ctx - 1} (this model has n_ctx={hparams.n_ctx})')
+    batch_size, seed, temperature, top_k, top_p = check_flags(batch_size, seed, temperature, top_k, top_p)
+    # By default the whole context: the start token takes the first position.
+    enc, hparams, params, length = load_model(model_name, models_dir, length, lambda h: h.n_ctx - 1)
     seeds = sample.seed_stream(seed)
 
     generated = 0

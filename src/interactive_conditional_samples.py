@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Continue prompts typed at the terminal (or piped in, one per line) with GPT-2 samples."""
+import os
 import sys
 
 import cli
@@ -42,19 +43,8 @@ def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, lengt
         <model_name> folder).
     """
     nsamples = cli.integer('nsamples', nsamples, minimum=1)
-    batch_size = cli.integer('batch_size', batch_size, minimum=1)
-    seed = cli.integer('seed', seed, minimum=0, allow_none=True)
-    length = cli.integer('length', length, minimum=1, allow_none=True)
-    temperature, top_k, top_p = sample.check_settings(temperature, top_k, top_p)
-
-    path = model.model_path(model_name, models_dir)
-    enc = encoder.get_encoder(*path_parts(path))
-    hparams, params = model.load(path)
-    if length is None:
-        length = hparams.n_ctx // 2
-    elif length > hparams.n_ctx - 1:
-        raise cli.UsageError(f"can't get samples longer than the context: --length {length} > "
-                             f'{hparams.n_ctx - 1} (this model has n_ctx={hparams.n_ctx})')
+    batch_size, seed, temperature, top_k, top_p = check_flags(batch_size, seed, temperature, top_k, top_p)
+    enc, hparams, params, length = load_model(model_name, models_dir, length, lambda h: h.n_ctx // 2)
     seeds = sample.seed_stream(seed)
     if hasattr(sys.stdin, 'reconfigure'):  # bytes that are not UTF-8 reach the check below
         sys.stdin.reconfigure(errors='surrogateescape')
@@ -101,10 +91,25 @@ def print_header(n):
     print('=' * 40 + ' SAMPLE ' + str(n) + ' ' + '=' * 40)
 
 
-def path_parts(path):
-    """(model_name, models_dir) of a model folder, for encoder.get_encoder."""
-    import os
-    return os.path.basename(path), os.path.dirname(path)
+def check_flags(batch_size, seed, temperature, top_k, top_p):
+    """The sampling scripts' shared flags, validated."""
+    batch_size = cli.integer('batch_size', batch_size, minimum=1)
+    seed = cli.integer('seed', seed, minimum=0, allow_none=True)
+    return (batch_size, seed) + sample.check_settings(temperature, top_k, top_p)
+
+
+def load_model(model_name, models_dir, length, default_length):
+    """(encoder, hparams, params, length) for a sampling script; length None means default_length(hparams)."""
+    length = cli.integer('length', length, minimum=1, allow_none=True)
+    path = model.model_path(model_name, models_dir)
+    enc = encoder.get_encoder(os.path.basename(path), os.path.dirname(path))
+    hparams, params = model.load(path)
+    if length is None:
+        length = default_length(hparams)
+    elif length > hparams.n_ctx - 1:
+        raise cli.UsageError(f"can't get samples longer than the context: --length {length} > "
+                             f'{hparams.n_ctx - 1} (this model has n_ctx={hparams.n_ctx})')
+    return enc, hparams, params, length
 
 
 if __name__ == '__main__':
