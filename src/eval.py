@@ -38,7 +38,6 @@ import os
 import re
 import stat
 import sys
-import tempfile
 
 import cli  # first: it imports TensorFlow without its start-up log lines
 import numpy as np
@@ -389,27 +388,9 @@ def check_json_out(path):
 
 
 def write_json(path, result):
-    """Write result as JSON (infinities as null), atomically: a temporary file in the same folder,
-    synced to disk, then renamed over path, so path never holds half a result."""
+    """Write result as JSON (infinities as null), atomically (model.write_atomic)."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
-    folder, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder or '.')
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make the result private
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            json.dump(clean, f, indent=2)
-            f.write('\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    model.write_atomic(path, json.dumps(clean, indent=2) + '\n')
 
 
 # ---------------------------------------------------------------------------------------------

@@ -370,7 +370,7 @@ def save(model_dir, hparams, params, name='model.ckpt', scope='model'):
     tmp = tempfile.mkdtemp(prefix='.save-', dir=model_dir)
     tmp_prefix = os.path.join(tmp, name)
     tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names, shape_and_slices=[''] * len(names), tensors=tensors)
-    _write_atomic(os.path.join(model_dir, 'hparams.json'),
+    write_atomic(os.path.join(model_dir, 'hparams.json'),
                   json.dumps({k: int(hparams[k]) for k in HPARAM_KEYS}, indent=2) + '\n')
     # The `checkpoint` file names the complete temporary pair while the final pair is replaced, and the
     # final pair once it is whole.  If anything fails in between, the temporary pair stays, and loads.
@@ -398,14 +398,21 @@ def _link_or_copy_pair(src_prefix, dst_prefix):
 
 def _write_checkpoint_file(model_dir, prefix):
     rel = os.path.relpath(prefix, model_dir)
-    _write_atomic(os.path.join(model_dir, 'checkpoint'),
+    write_atomic(os.path.join(model_dir, 'checkpoint'),
                   f'model_checkpoint_path: "{rel}"\nall_model_checkpoint_paths: "{rel}"\n')
 
 
-def _write_atomic(path, text):
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_atomic(path, text):
+    """Write text to a temporary file beside path, sync it, then rename it over path: path never holds
+    half a file, and a failed write leaves the old file and no temporary one."""
+    tmp = os.path.join(os.path.dirname(path), f'.{os.path.basename(path)}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -701,22 +701,8 @@ def _sample(trainer, hp, enc, run_dir, step, length, num, top_k, seed, writer, b
     text = '\n'.join(f'======== SAMPLE {i + 1} ========\n{t}' for i, t in enumerate(texts))
     bar.write(f'step {step} samples:\n{text}', file=sys.stderr)
     os.makedirs(os.path.join(run_dir, 'samples'), exist_ok=True)
-    write_text_atomically(os.path.join(run_dir, 'samples', f'step-{step}.txt'), text + '\n')
+    model.write_atomic(os.path.join(run_dir, 'samples', f'step-{step}.txt'), text + '\n')
     log_text(writer, step, 'samples', text)
-
-
-def write_text_atomically(path, text):
-    """Write text to a temporary file beside path, then rename it over path: never half-written.
-    (open, not mkstemp, so the file gets the usual permissions rather than 0600.)"""
-    tmp = os.path.join(os.path.dirname(path), f'.{os.path.basename(path)}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def main(dataset=None, model_name='124M', models_dir='models', fresh=False, hparams=None,

@@ -459,7 +459,7 @@ def test_write_json_replaces_the_file_atomically(tmp_path, monkeypatch):
     assert json.loads(out.read_text()) == {'a': 1.5, 'b': None} and synced
     assert [p.name for p in tmp_path.iterdir()] == ['r.json']  # no temporary file left behind
     # A failed write leaves the old file and no temporary one.
-    monkeypatch.setattr(ev.json, 'dump', lambda *a, **k: (_ for _ in ()).throw(OSError(28, 'No space left')))
+    monkeypatch.setattr(ev.os, 'replace', lambda *a, **k: (_ for _ in ()).throw(OSError(28, 'No space left')))
     with pytest.raises(OSError):
         ev.write_json(str(out), {'a': 2})
     assert json.loads(out.read_text()) == {'a': 1.5, 'b': None}
