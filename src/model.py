@@ -76,10 +76,12 @@ def gelu(x):
 
 
 def norm(x, g, b, epsilon=1e-5):
-    """LayerNorm over the last axis."""
+    """LayerNorm over the last axis, computed in float32 whatever the precision of x (mixed precision)."""
+    dtype = x.dtype
+    x, g, b = (tf.cast(t, tf.float32) for t in (x, g, b))
     u = tf.reduce_mean(x, axis=-1, keepdims=True)
     s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
-    return (x - u) * tf.math.rsqrt(s + epsilon) * g + b
+    return tf.cast((x - u) * tf.math.rsqrt(s + epsilon) * g + b, dtype)
 
 
 def conv1d(x, w, b):
@@ -114,15 +116,15 @@ def multihead_attn(q, k, v, mask=None):
     """softmax(q k^T / sqrt(d)) v under a mask.  q: [batch, heads, nd, hd]; k, v: [batch, heads, ns, hd].
 
     mask: bool [nd, ns], True where a query may see a key; by default causal, anchored bottom-right."""
-    w = tf.matmul(q, k, transpose_b=True) * tf.math.rsqrt(tf.cast(k.shape[-1], q.dtype))   # [batch, heads, nd, ns]
-    masked = -1e10 if w.dtype != tf.float16 else -6e4   # -1e10 overflows float16 to -inf, and inf * 0 is NaN
-    if mask is None:
+    # Scores and softmax in float32 whatever the precision of q, k, v (mixed precision).
+    w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * tf.math.rsqrt(float(k.shape[-1]))
+    if mask is None:                                                                   # w: [batch, heads, nd, ns]
         _, _, nd, ns = shape_list(w)
-        b = attention_mask(nd, ns, w.dtype)
-        w = w * b + tf.cast(masked, w.dtype) * (1 - b)
+        b = attention_mask(nd, ns)
+        w = w * b - 1e10 * (1 - b)
     else:
-        w = tf.where(mask, w, tf.cast(masked, w.dtype))
-    return tf.matmul(tf.nn.softmax(w, axis=-1), v)
+        w = tf.where(mask, w, -1e10)
+    return tf.matmul(tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v)
 
 
 def attn(x, params, scope, n_head, past=None, cache=None):

@@ -180,22 +180,6 @@ def _tf_config_cluster():
 # The forward pass for training: model.model's computation, with optional per-block
 # recomputation and mixed precision (LayerNorm and softmax stay in float32).
 
-def mixed_block(x, p, scope, n_head):
-    """model.block for low-precision x and weights, with LayerNorm and softmax in float32."""
-    def norm32(h, name):
-        y = model.norm(tf.cast(h, tf.float32), tf.cast(p[name + '/g'], tf.float32), tf.cast(p[name + '/b'], tf.float32))
-        return tf.cast(y, h.dtype)
-
-    c = model.conv1d(norm32(x, scope + '/ln_1'), p[scope + '/attn/c_attn/w'], p[scope + '/attn/c_attn/b'])
-    q, k, v = (model.split_heads(t, n_head) for t in tf.split(c, 3, axis=2))
-    w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * tf.math.rsqrt(float(k.shape[-1]))
-    _, _, nd, ns = model.shape_list(w)
-    w = tf.where(model.attention_mask(nd, ns, tf.int32) > 0, w, -1e10)
-    a = model.merge_heads(tf.matmul(tf.cast(tf.nn.softmax(w, axis=-1), x.dtype), v))
-    x = x + model.conv1d(a, p[scope + '/attn/c_proj/w'], p[scope + '/attn/c_proj/b'])
-    return x + model.mlp(norm32(x, scope + '/ln_2'), p, scope + '/mlp')
-
-
 def forward(hparams, params, X, dtype=tf.float32, recompute=False):
     """Logits float32 [batch, seq, n_vocab] of X int32 [batch, seq], as model.model computes them.
 
@@ -212,17 +196,12 @@ def forward(hparams, params, X, dtype=tf.float32, recompute=False):
 
         def run_block(x, *weights, scope=scope, names=names):
             w = dict(zip(names, weights))
-            if dtype == tf.float32:
-                return model.block(x, w, scope, hparams['n_head'])[0]
-            return mixed_block(x, w, scope, hparams['n_head'])
+            return model.block(x, w, scope, hparams['n_head'])[0]
 
         if recompute:
             run_block = tf.recompute_grad(run_block)
         h = run_block(h, *[p[k] for k in names])
-    if dtype == tf.float32:
-        h = model.norm(h, p['model/ln_f/g'], p['model/ln_f/b'])
-    else:
-        h = tf.cast(model.norm(tf.cast(h, tf.float32), p['model/ln_f/g'], p['model/ln_f/b']), dtype)
+    h = model.norm(h, p['model/ln_f/g'], p['model/ln_f/b'])   # in float32, returned in dtype
     batch, seq = model.shape_list(X)
     logits = tf.matmul(tf.reshape(h, [-1, hparams['n_embd']]), p['model/wte'], transpose_b=True)
     return tf.cast(tf.reshape(logits, [batch, seq, hparams['n_vocab']]), tf.float32)

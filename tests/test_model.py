@@ -351,3 +351,16 @@ def test_missing_index_is_named(saved, capfd):
         model.load(str(saved))
     _one_line_error(e, 'model.ckpt.index is missing')
     assert 'ERROR' not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize('dtype,tol', [(tf.bfloat16, 0.1), (tf.float16, 0.02)])
+def test_low_precision_forward_stays_finite_and_close(dtype, tol):
+    """Mixed precision: weights and activations in 16 bits, LayerNorm and softmax in float32."""
+    h = hp(HPARAM_SETS[0])
+    p = random_params(h, seed=11)
+    tokens = np.random.default_rng(12).integers(0, h.n_vocab, size=(2, h.n_ctx))
+    out = model.model(h, tokens, params={k: tf.cast(v, dtype) for k, v in p.items()})['logits']
+    assert out.dtype == dtype
+    out = tf.cast(out, tf.float32).numpy()
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, np_gpt2(h, p, tokens), atol=tol * np.abs(out).max())
