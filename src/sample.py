@@ -1,8 +1,8 @@
 """Sampling from GPT-2: truncation of the logits (top-k, nucleus) and a fast cached decoder.
 
 The decoder keeps a key/value cache of each layer in a preallocated buffer that is written in place
-(one slot per new token), runs the prompt through the model in a single pass, and compiles one step
-of the model with `tf.function` once, for every batch size, prompt length and output length.
+(one slot per new token), runs the prompt through the model in a single eager pass, and compiles the
+one-token step (with XLA where available) once per batch size and buffer size, reused across calls.
 """
 import os
 import secrets
