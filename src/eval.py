@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Score a GPT-2 model on local text: perplexity (per token and per word), bits per byte and per
-character, and LAMBADA-style last-word prediction.
+character, LAMBADA-style last-word prediction and Children's Book Test cloze accuracy.
 
     python src/eval.py perplexity --data wiki.test.tokens --detokenizer wikitext --count_line_ends
     python src/eval.py lambada --data lambada_test.jsonl
+    python src/eval.py cbt --data cbtest_CN_test_2500ex.txt --detokenizer 1bw
     python src/eval.py perplexity --help
 
 The method, which the GPT-2 paper does not spell out, is fixed here and printed with every result:
@@ -31,6 +32,17 @@ The method, which the GPT-2 paper does not spell out, is fixed here and printed 
   context token, then the word's first k - 1 tokens), so a passage whose word has more tokens than
   --context cannot be scored: it is skipped and counted ('skipped_long_word'), never scored on part
   of the word; if that leaves no passage at all, it is an error.
+* CBT (Children's Book Test: cbtest_CN_test_2500ex.txt, cbtest_NE_test_2500ex.txt).  Each example
+  is 20 numbered context sentences and a query with the blank XXXXX, an answer and 10 candidates.
+  As in the GPT-2 paper (sec. 3.2), each candidate is put in place of XXXXX and the model scores
+  "the choice and the rest of the sentence conditioned on this choice": the summed log-probability
+  of the query's tokens from the candidate's first token to the end of the query line, given
+  <|endoftext|> (--bos), the 20 context sentences joined by single spaces and the query up to the
+  blank.  The candidate with the highest total wins (ties: the first listed); accuracy = fraction
+  of examples whose winner is the answer.  The detokeniser runs on the whole text with XXXXX still
+  in it (XXXXX is word-like, so it is detokenised like the word that replaces it), and for any
+  detokeniser but none, CBT's `` and '' quotes become ".  A text longer than --context loses its
+  beginning ('truncated'); a query rest longer than --context is an error.
 """
 import json
 import math
@@ -335,6 +347,124 @@ def lambada(hparams, params, enc, passages, detokenizer='none', context=None, ba
 
 
 # ---------------------------------------------------------------------------------------------
+# CBT: the Children's Book Test, a cloze with candidates.
+
+BLANK = 'XXXXX'
+_NUMBERED = re.compile(r'^\s*(\d+)(?:\s(.*))?$')
+
+
+def read_cbt(path):
+    """The examples of a CBT file, as dicts: context (list of str), query (with XXXXX), answer, candidates.
+
+    An example is numbered lines 1..k: context sentences ("N sentence"), then the query line
+    "k query<TAB>answer<TAB>cand1|cand2|..." (any number of tabs between the fields); blank lines
+    separate examples.
+    """
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except OSError as e:
+        raise EvalError(f'cannot read {path}: {e.strerror}') from None
+    except UnicodeDecodeError as e:
+        raise EvalError(f'{path} is not valid UTF-8 (byte {e.start})') from None
+    if text.startswith('\ufeff'):
+        text = text[1:]
+    examples, context, start = [], [], None
+    for lineno, line in enumerate(text.split('\n'), start=1):
+        line = line.rstrip('\r')
+        if not line.strip():
+            if context:
+                raise EvalError(f'{path} line {lineno}: the example that starts on line {start} has no query line '
+                                '(the numbered line with "query<TAB>answer<TAB>candidates")')
+            continue
+        m = _NUMBERED.match(line)
+        if m is None:
+            raise EvalError(f'{path} line {lineno} does not start with its number; is this a CBT file?')
+        if int(m.group(1)) != len(context) + 1:
+            raise EvalError(f'{path} line {lineno} is numbered {m.group(1)}, expected {len(context) + 1}; '
+                            'is an example cut short or a blank line missing?')
+        start = lineno if not context else start
+        body = m.group(2) or ''
+        if '\t' not in body:
+            context.append(body.strip())
+            continue
+        fields = [f.strip() for f in body.split('\t') if f.strip()]
+        if len(fields) != 3:
+            raise EvalError(f'{path} line {lineno}: a query line needs query, answer and candidates '
+                            f'separated by tabs, found {len(fields)} fields')
+        query, answer, candidates = fields[0], fields[1], [c.strip() for c in fields[2].split('|') if c.strip()]
+        if query.count(BLANK) != 1:
+            raise EvalError(f'{path} line {lineno}: the query must contain {BLANK} exactly once')
+        if answer not in candidates:
+            raise EvalError(f'{path} line {lineno}: the answer {answer!r} is not among the candidates')
+        if not context:
+            raise EvalError(f'{path} line {lineno}: a query with no context sentences before it')
+        examples.append(dict(context=context, query=query, answer=answer, candidates=candidates))
+        context = []
+    if context:
+        raise EvalError(f'{path}: the example that starts on line {start} has no query line')
+    if not examples:
+        raise EvalError(f'{path} holds no CBT example')
+    return examples
+
+
+def cbt_texts(example, detok, quotes=True):
+    """(prefix, rests): the detokenised text before the blank, and for each candidate the text from it to
+    the end of the query, with the whitespace before the blank moved to its start (GPT-2 encodes " word")."""
+    raw = ' '.join(example['context'] + [example['query']])
+    if quotes:  # CBT writes quotes PTB-style, `` and ''
+        raw = raw.replace('``', '"').replace("''", '"')
+    text = detok(raw)
+    pos = text.rfind(BLANK)
+    if pos < 0:
+        raise EvalError(f'the detokeniser removed {BLANK} from the query {example["query"]!r}')
+    prefix, after = text[:pos], text[pos + len(BLANK):]
+    space = prefix[len(prefix.rstrip()):]
+    prefix = prefix[:len(prefix) - len(space)]
+    return prefix, [space + candidate + after for candidate in example['candidates']]
+
+
+def cbt(hparams, params, enc, examples, detokenizer='none', context=None, batch_size=10, bos=True,
+        progress=False, scorer=None):
+    """Cloze accuracy over CBT examples (from read_cbt); returns a dict (see the module doc)."""
+    context, _ = _context_and_stride(hparams, context, None)
+    _check_batch_size(batch_size)
+    detok = _detokenizer(detokenizer)
+    windows, owner, truncated = [], [], 0
+    for i, example in enumerate(examples):
+        prefix, rests = cbt_texts(example, detok, quotes=detokenizer != 'none')
+        head = ([EOT] if bos else []) + _encode(enc, prefix, hparams)
+        cut = False
+        for rest in rests:
+            scored = _encode(enc, rest, hparams)
+            if len(scored) > context:
+                raise EvalError(f'example {i + 1}: the query from the blank on is {len(scored)} tokens, more than '
+                                f'--context={context} allows; raise --context')
+            stream = head + scored
+            if len(stream) - 1 > context:
+                stream, cut = stream[-(context + 1):], True  # keep the end: the query
+            windows.append((np.array(stream, np.int32), 0, len(stream) - 1, len(scored)))
+            owner.append(i)
+        truncated += cut
+    if not bos and any(w[3] >= len(w[0]) for w in windows):
+        raise EvalError('a candidate starts the text and --bos=False leaves it nothing to be conditioned on')
+
+    scored = (scorer or Scorer(hparams, params, batch_size))(windows, progress, desc='cbt')
+    logprob = [[] for _ in examples]
+    for i, (nll, _) in zip(owner, scored):
+        logprob[i].append(-float(np.sum(nll)))
+    predictions = [int(np.argmax(lp)) for lp in logprob]
+    correct = [ex['candidates'][p] == ex['answer'] for ex, p in zip(examples, predictions)]
+    n = len(examples)
+    result = {'task': 'cbt', 'examples': n, 'n_correct': sum(correct), 'accuracy': sum(correct) / n,
+              'candidates': len(windows), 'truncated': truncated,
+              'mean_scored_tokens': sum(w[3] for w in windows) / len(windows),
+              'predictions': predictions, 'correct': correct}  # per example: candidate index, right or not
+    result['settings'] = dict(detokenizer=detokenizer, context=context, bos=bool(bos))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
 # Reporting.
 
 ROWS = {
@@ -351,6 +481,9 @@ ROWS = {
                 ('accuracy_last_token', 'accuracy (last BPE token)'),
                 ('perplexity', 'perplexity (final word)'), ('ppl_token', 'perplexity per word token'),
                 ('mean_word_tokens', 'BPE tokens per final word')],
+    'cbt': [('examples', 'examples'), ('n_correct', 'correct'), ('accuracy', 'accuracy'),
+            ('candidates', 'candidates scored'), ('truncated', 'truncated to the context'),
+            ('mean_scored_tokens', 'BPE tokens scored per candidate')],
 }
 
 
@@ -472,6 +605,31 @@ def lambada_command(data=None, model_name='124M', models_dir='models', format='a
     _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name)), format=format), json_out)
 
 
+def cbt_command(data=None, model_name='124M', models_dir='models', detokenizer='none', context=None,
+                batch_size=10, bos=True, json_out=None, progress=True):
+    """Children's Book Test accuracy: the candidate that makes the query most likely fills its blank.
+
+    Args:
+      data: a CBT file, e.g. cbtest_CN_test_2500ex.txt or cbtest_NE_test_2500ex.txt.
+      model_name: model folder under models_dir (e.g. 124M).
+      models_dir: folder holding the model folders.
+      detokenizer: none, wikitext, ptb or 1bw, applied to the context and query (1bw recommended: CBT
+        is tokenised like 1BW; any but none also turns its `` and '' quotes into ").
+      context: the most tokens an example may use (default n_ctx; longer ones lose their beginning).
+      batch_size: candidate texts per forward pass (10: one example's candidates).
+      bos: put <|endoftext|> before each example.
+      json_out: also write the result, with per-example predictions and settings, to this JSON file
+        (checked before scoring: its folder must exist and be writable; written atomically).
+      progress: show a progress bar on stderr.
+    """
+    path = _data_path(data)
+    json_out = None if json_out is None else check_json_out(json_out)
+    examples = read_cbt(path)
+    hparams, params, enc = _load(model_name, models_dir)
+    result = cbt(hparams, params, enc, examples, detokenizer, context, batch_size, bos, progress)
+    _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name))), json_out)
+
+
 def _report(result, where, json_out):
     result['settings'] = {**where, **result['settings']}
     print(format_table(result))
@@ -479,7 +637,7 @@ def _report(result, where, json_out):
         write_json(str(json_out), result)
 
 
-COMMANDS = {'perplexity': perplexity_command, 'lambada': lambada_command}
+COMMANDS = {'perplexity': perplexity_command, 'lambada': lambada_command, 'cbt': cbt_command}
 
 
 def main(argv=None):

@@ -473,3 +473,107 @@ def test_cli_process_exits_1_without_a_traceback(tmp_path):
     assert p.returncode == 1
     assert 'Traceback' not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith('eval.py: error: data file')
+
+
+# ---------------------------------------------------------------------------------------------
+# CBT.
+
+CBT_SENTENCES = ['The cat sat on the mat .', "`` Where is the dog ? '' asked Tom .", 'The dog was in the garden .',
+                 'Mary ran to the house .', 'It was a sunny day .', 'Tom liked the garden .',
+                 'The bird sang a song .', 'Mary laughed .', 'The sun was warm .', 'Tom had a red ball .',
+                 'The dog wanted the ball .', 'Mary threw it far .', 'The cat did not move .',
+                 'Then the wind blew .', 'The trees shook .', 'Tom called the dog .', 'It came running .',
+                 'Mary gave it a bone .', 'The dog was happy .', 'They all went home .']
+CBT_CANDIDATES = ['ball', 'bird', 'bone', 'cat', 'day', 'dog', 'garden', 'house', 'mat', 'song']
+
+
+def write_cbt(path):
+    """Two examples with CBT's quirks: double tabs, single tabs, a stray trailing tab and CRLF, blank lines."""
+    first = [f'{i} {s}' for i, s in enumerate(CBT_SENTENCES, start=1)]
+    first.append('21 The dog ran after the XXXXX in the garden .\t\tball\t\t' + '|'.join(CBT_CANDIDATES))
+    second = [f'{i} {s}' for i, s in enumerate(reversed(CBT_SENTENCES), start=1)]
+    second.append("21 `` Come here , XXXXX ! '' said Mary .\tdog\t" + '|'.join(reversed(CBT_CANDIDATES)) + '\t')
+    path.write_bytes(('\n'.join(first) + '\n\n' + '\r\n'.join(second) + '\r\n\n\n').encode('utf-8'))
+    return str(path)
+
+
+def test_read_cbt_parses_examples_and_tab_quirks(tmp_path):
+    examples = ev.read_cbt(write_cbt(tmp_path / 'cbt.txt'))
+    assert len(examples) == 2
+    a, b = examples
+    assert a['context'] == CBT_SENTENCES and b['context'] == CBT_SENTENCES[::-1]
+    assert a['query'] == 'The dog ran after the XXXXX in the garden .' and a['answer'] == 'ball'
+    assert b['query'] == "`` Come here , XXXXX ! '' said Mary ." and b['answer'] == 'dog'
+    assert a['candidates'] == CBT_CANDIDATES and b['candidates'] == CBT_CANDIDATES[::-1]
+
+
+@pytest.mark.parametrize('text, message', [
+    ('1 A b .\n2 The XXXXX .\tb\n', 'needs query, answer and candidates'),
+    ('1 A b .\n2 The XXXXX .\tz\ta|b\n', "answer 'z' is not among"),
+    ('1 A b .\n2 The blank .\ta\ta|b\n', 'XXXXX exactly once'),
+    ('1 A b .\n3 The XXXXX .\ta\ta|b\n', 'numbered 3, expected 2'),
+    ('1 A b .\n\n2 The XXXXX .\ta\ta|b\n', 'has no query line'),
+    ('A b .\n', 'does not start with its number'),
+])
+def test_read_cbt_refuses_malformed_files(tmp_path, text, message):
+    path = tmp_path / 'bad.txt'
+    path.write_text(text)
+    with pytest.raises(ev.EvalError, match=message) as err:
+        ev.read_cbt(str(path))
+    assert '\n' not in str(err.value)
+
+
+def test_cbt_texts_put_the_candidate_and_the_rest_of_the_query_after_the_prefix():
+    example = dict(context=['Tom said , `` I do n\'t know . \'\''], query="`` Come here , XXXXX ! '' said Mary .",
+                   answer='dog', candidates=['dog', 'cat'])
+    prefix, rests = ev.cbt_texts(example, detokenize.get('1bw'))
+    assert prefix == 'Tom said, "I don\'t know." "Come here,'
+    assert rests == [' dog!" said Mary.', ' cat!" said Mary.']
+    prefix, rests = ev.cbt_texts(example, detokenize.get('none'), quotes=False)
+    assert prefix == "Tom said , `` I do n't know . '' `` Come here ,"
+    assert rests == [" dog ! '' said Mary .", " cat ! '' said Mary ."]
+
+
+def test_cbt_predicts_the_argmax_of_direct_log_probabilities(tiny_models_dir, tmp_path, enc):
+    h, params = model.load(os.path.join(tiny_models_dir, 'tiny'))
+    examples = ev.read_cbt(write_cbt(tmp_path / 'cbt.txt'))
+    result = ev.cbt(h, params, enc, examples, batch_size=10)
+    context = h['n_ctx']
+    expected, truncated = [], 0
+    for example in examples:
+        text = ' '.join(example['context'])
+        query = example['query']
+        before = text + ' ' + query[:query.index('XXXXX')].rstrip()
+        scores = []
+        for candidate in example['candidates']:
+            full = [ev.EOT] + enc.encode(text + ' ' + query.replace('XXXXX', candidate))
+            head = [ev.EOT] + enc.encode(before)
+            assert full[:len(head)] == head
+            n = len(full) - len(head)  # the candidate's tokens and the rest of the query
+            seq = full[-(context + 1):]
+            lp = log_probs(h, params, seq[:-1])
+            scores.append(sum(lp[j, seq[j + 1]] for j in range(len(seq) - 1 - n, len(seq) - 1)))
+        truncated += len(full) > context + 1
+        assert len(set(np.round(scores, 6))) > 1  # the candidates are told apart
+        expected.append(int(np.argmax(scores)))
+    assert truncated == 2 and result['truncated'] == 2  # 20 sentences exceed the tiny model's 64 tokens
+    assert result['predictions'] == expected
+    correct = [ex['candidates'][p] == ex['answer'] for ex, p in zip(examples, expected)]
+    assert result['correct'] == correct and result['accuracy'] == sum(correct) / 2
+    assert result['examples'] == 2 and result['candidates'] == 20
+
+
+def test_cli_cbt_writes_json(tiny_models_dir, tmp_path, capsys, enc):
+    data = write_cbt(tmp_path / 'cbtest_CN_test_2500ex.txt')
+    out = tmp_path / 'cbt.json'
+    rc = ev.main(['cbt', f'--data={data}', f'--models_dir={tiny_models_dir}', '--model_name=tiny',
+                  '--detokenizer=1bw', '--context=48', f'--json_out={out}', '--noprogress'])
+    assert rc == 0
+    assert 'accuracy' in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    h, params = model.load(os.path.join(tiny_models_dir, 'tiny'))
+    direct = ev.cbt(h, params, enc, ev.read_cbt(data), '1bw', 48)
+    assert saved['examples'] == 2 and saved['predictions'] == direct['predictions']
+    assert saved['accuracy'] == direct['accuracy']
+    assert saved['settings']['detokenizer'] == '1bw' and saved['settings']['context'] == 48
+    assert saved['settings']['data'] == data
