@@ -2,7 +2,8 @@
 
 The decoder keeps a key/value cache of each layer in a preallocated buffer that is written in place
 (one slot per new token), runs the prompt through the model in a single eager pass, and compiles the
-one-token step (with XLA where available) once per batch size and buffer size, reused across calls.
+one-token step (with XLA where available, the greedy or top-k draw included) once per batch size and
+buffer size, reused across calls.
 """
 import os
 import secrets
@@ -113,24 +114,48 @@ class Decoder:
         """A compiled function (logits [batch, n_vocab], seed [2]) -> next tokens int32 [batch]."""
         key = (temperature, top_k, top_p)
         if key not in self._choosers:
-            def choose(logits, seed):
-                if temperature == 0 or top_k == 1:
-                    return tf.argmax(logits, axis=-1, output_type=tf.int32)
-                # Shifted so the largest logit is 0 and floored at -1e10: a tiny temperature (even one that
-                # float32 flushes to zero) then leaves the most likely token at 0, never inf or NaN.
-                shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
-                logits = tf.where(shifted < 0, tf.maximum(shifted / temperature, -1e10), 0.0)
-                if top_k:
-                    values, indices = tf.math.top_k(logits, k=min(top_k, logits.shape[-1]))
-                    values = top_p_logits(values, top_p)
-                    pick = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)
-                    return tf.gather(indices, pick, batch_dims=1)[:, 0]
-                if top_p < 1:
-                    return _nucleus_draw(logits, top_p, seed)
-                return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
-            self._choosers[key] = tf.function(choose, autograph=False, input_signature=[
-                tf.TensorSpec([None, self.hparams['n_vocab']], tf.float32), tf.TensorSpec([2], tf.int32)])
+            self._choosers[key] = tf.function(
+                lambda logits, seed: choose(logits, seed, temperature, top_k, top_p), autograph=False,
+                input_signature=[tf.TensorSpec([None, self.hparams['n_vocab']], tf.float32),
+                                 tf.TensorSpec([2], tf.int32)])
         return self._choosers[key]
+
+    def stepper(self, temperature, top_k, top_p):
+        """A function (tokens int32 [batch], pos, seed [2]) -> next tokens int32 [batch]: feeds `tokens` at
+        position pos and draws what follows.  Greedy and top-k draws are compiled into the XLA step (one
+        call per token, and XLA's top-k is faster than TensorFlow's); a draw from the whole vocabulary
+        sorts or samples 50k logits, which XLA on CPU does slower, so that runs after the step."""
+        key = ('step', temperature, top_k, top_p)
+        if key not in self._choosers:
+            if self.xla and (temperature == 0 or top_k > 0):
+                self._choosers[key] = tf.function(
+                    lambda tokens, pos, seed: choose(self._step(tokens[:, None], pos, xla=True), seed,
+                                                     temperature, top_k, top_p),
+                    autograph=False, jit_compile=True, input_signature=[
+                        tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32)])
+            else:
+                pick = self.chooser(temperature, top_k, top_p)
+                self._choosers[key] = lambda tokens, pos, seed: pick(self.step_one(tokens[:, None], pos), seed)
+        return self._choosers[key]
+
+
+def choose(logits, seed, temperature, top_k, top_p):
+    """Draw the next tokens int32 [batch] from logits [batch, n_vocab] with checked settings and a
+    stateless seed [2]: greedy when temperature is 0 or top_k is 1."""
+    if temperature == 0 or top_k == 1:
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    # Shifted so the largest logit is 0 and floored at -1e10: a tiny temperature (even one that
+    # float32 flushes to zero) then leaves the most likely token at 0, never inf or NaN.
+    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+    logits = tf.where(shifted < 0, tf.maximum(shifted / temperature, -1e10), 0.0)
+    if top_k:
+        values, indices = tf.math.top_k(logits, k=min(top_k, logits.shape[-1]))
+        values = top_p_logits(values, top_p)
+        pick = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)
+        return tf.gather(indices, pick, batch_dims=1)[:, 0]
+    if top_p < 1:
+        return _nucleus_draw(logits, top_p, seed)
+    return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
 
 
 def seed_stream(seed=None):
@@ -245,15 +270,15 @@ def stream_sequence(*, hparams, params, length, start_token=None, batch_size=Non
         return
     seed = secrets.randbits(31) if seed is None else int(seed)
     decoder = decoder_for(hparams, params)
-    choose = decoder.chooser(temperature, top_k, top_p)
+    first, step = decoder.chooser(temperature, top_k, top_p), decoder.stepper(temperature, top_k, top_p)
+    seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
     # Capacity rounded up to a multiple of 64 bounds the attention work without a fresh buffer per length.
     decoder.start(batch, min(hparams['n_ctx'], -(-(n + length) // 64) * 64))
-    logits = decoder.prefill(tf.constant(ctx), tf.constant(0))
-    for i in range(length):
-        token = choose(logits, tf.constant([seed % 2**31, i], tf.int32))
+    token = first(decoder.prefill(tf.constant(ctx), tf.constant(0)), seeds(0))
+    yield token.numpy()
+    for i in range(1, length):
+        token = step(token, tf.constant(n + i - 1), seeds(i))
         yield token.numpy()
-        if i + 1 < length:
-            logits = decoder.step_one(token[:, None], tf.constant(n + i))
 
 
 def sample_sequence(*, hparams, params, length, start_token=None, batch_size=None, context=None,

@@ -116,11 +116,18 @@ def test_stream_yields_the_same_tokens(tiny):
     np.testing.assert_array_equal(np.stack(columns, 1), sample.sample_sequence(**kw).numpy()[:, 3:])
 
 
-def test_compiled_step_is_traced_once_for_all_shapes(tiny):
+@pytest.mark.parametrize('top_k', [0, 5])
+def test_compiled_step_is_traced_once_for_all_shapes(tiny, top_k):
     h, p = tiny
     for batch, n, length in [(1, 3, 5), (2, 9, 30), (5, 1, 2), (1, 40, 8)]:
-        sample.sample_sequence(hparams=h, params=p, length=length, context=contexts(h, batch, n), seed=1)
-    assert sample.decoder_for(h, p).step_one.experimental_get_tracing_count() == 1
+        sample.sample_sequence(hparams=h, params=p, length=length, context=contexts(h, batch, n), seed=1,
+                               top_k=top_k)
+    d = sample.decoder_for(h, p)
+    fused = d.stepper(1.0, top_k, 1.0)
+    if top_k and d.xla:   # the top-k draw is compiled into the XLA step
+        assert fused.experimental_get_tracing_count() == 1
+    else:
+        assert d.step_one.experimental_get_tracing_count() == 1
 
 
 def test_variables_are_read_at_every_call(tiny):
@@ -165,13 +172,20 @@ def test_top_p_logits_batch(p):
     (1, 0, 0.65, 5),  # the nucleus lies within 5 candidates, measured against the whole vocabulary
     (1, 0, 0.8, 3),   # the nucleus is not within the 3 candidates: the whole vocabulary is sorted
 ])
-def test_sampling_distribution(tiny, monkeypatch, temperature, top_k, top_p, candidates):
-    """Frequencies over many rows match softmax(truncate(logits / temperature))."""
+@pytest.mark.parametrize('jit', [False, True])
+def test_sampling_distribution(tiny, monkeypatch, temperature, top_k, top_p, candidates, jit):
+    """Frequencies over many rows match softmax(truncate(logits / temperature)), from the graph chooser
+    and from the same draw compiled with XLA (as inside the fused step)."""
     h, p = tiny
     monkeypatch.setattr(sample, 'NUCLEUS_CANDIDATES', candidates)
     logits = np.full(h.n_vocab, -5.0, np.float32)
     logits[:5] = [2.0, 1.5, 1.0, 0.5, 0.0]
-    choose = sample.Decoder(h, p).chooser(temperature, top_k, top_p)
+    if jit:
+        if not sample.xla_available():
+            pytest.skip('XLA is not available in this TensorFlow build')
+        choose = tf.function(lambda x, s: sample.choose(x, s, temperature, top_k, top_p), jit_compile=True)
+    else:
+        choose = sample.Decoder(h, p).chooser(temperature, top_k, top_p)
     n = 20000
     tokens = choose(tf.constant(np.tile(logits, [n, 1])), tf.constant([1, 2], tf.int32)).numpy()
     ref = sample.top_p_logits(sample.top_k_logits(tf.constant(logits[None] / temperature), top_k), top_p)
