@@ -69,7 +69,7 @@ class Decoder:
         # Frozen weights: a [n_embd, n_vocab] copy makes the logits matmul (the largest one) ~1.3-1.9x faster.
         self.wte_t = None if isinstance(wte, tf.Variable) else tf.transpose(wte)
         n, heads = hparams['n_layer'], hparams['n_head']
-        # Per layer: keys and values [batch, heads, capacity, head_dim], reallocated by start().
+        # Per layer: keys and values [batch, heads, capacity, head_dim], reallocated by prefill().
         shape = tf.TensorShape([None, heads, None, hparams['n_embd'] // heads])
         empty = tf.zeros([0] + shape[1:2].as_list() + [0] + shape[3:].as_list())
         self.k_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
@@ -79,32 +79,44 @@ class Decoder:
         # compiled, with XLA where available (once per batch size and cache capacity; 1.3-1.6x faster on
         # CPU than a plain graph), else as a graph traced once for all shapes.
         self.xla = xla_available() if xla is None else xla
-        self.prefill = lambda tokens, pos: self._step(tokens, pos, xla=False)
         self.step_one = tf.function(lambda tokens, pos: self._step(tokens, pos, xla=self.xla), autograph=False,
                                     jit_compile=self.xla or None, input_signature=[
                                         tf.TensorSpec([None, 1], tf.int32), tf.TensorSpec([], tf.int32)])
         self._choosers = {}
 
-    def start(self, batch, capacity):
-        """Empty caches for `batch` rows of up to `capacity` tokens."""
-        h = self.hparams
-        shape = [batch, h['n_head'], capacity, h['n_embd'] // h['n_head']]
-        for cache in self.k_cache + self.v_cache:
-            cache.assign(tf.zeros(shape))
+    def prefill(self, tokens, capacity):
+        """Start a sequence: feed the prompt tokens [batch, n] at positions 0..n-1 into fresh caches of
+        `capacity` slots; returns the last position's logits [batch, n_vocab]."""
+        n = tokens.shape[1]
+
+        def cache(layer):
+            def fill(k, v):   # k, v [batch, heads, n, hd] become the first n slots; the prompt attends to itself
+                for buffer, new in ((self.k_cache[layer], k), (self.v_cache[layer], v)):
+                    buffer.assign(tf.pad(new, [[0, 0], [0, 0], [0, capacity - n], [0, 0]]))
+                return k, v, None   # no mask given: causal over the n prompt positions
+            return fill
+        return self._forward(tokens, 0, cache)
 
     def _step(self, tokens, pos, xla):
-        """Feed tokens [batch, n] at positions pos..pos+n-1; returns the last position's logits [batch, n_vocab]."""
-        h, p = self.hparams, self.params
-        n_head = h['n_head']
+        """Feed tokens [batch, n] at positions pos..pos+n-1 after the cached ones; returns the last
+        position's logits [batch, n_vocab]."""
         n = tf.shape(tokens)[1]
-        x = tf.gather(p['model/wte'], tokens) + tf.gather(p['model/wpe'], pos + tf.range(n))[None]
         capacity = tf.shape(self.k_cache[0])[2]
         # Query i (at pos + i) sees cache slots j <= pos + i; later slots hold zeros or stale keys.
         mask = tf.range(capacity)[None, :] <= pos + tf.range(n)[:, None]                      # [n, capacity]
+
+        def cache(layer):   # k, v: [batch, heads, n, hd] -> the whole buffers [.., capacity, hd]
+            return lambda k, v: (_write(self.k_cache[layer], k, pos, xla),
+                                 _write(self.v_cache[layer], v, pos, xla), mask)
+        return self._forward(tokens, pos, cache)
+
+    def _forward(self, tokens, pos, cache):
+        """The model on tokens [batch, n] at positions pos.., with cache(layer) as each block's cache hook;
+        returns the last position's logits [batch, n_vocab]."""
+        h, p = self.hparams, self.params
+        x = tf.gather(p['model/wte'], tokens) + tf.gather(p['model/wpe'], pos + tf.range(tf.shape(tokens)[1]))[None]
         for layer in range(h['n_layer']):
-            def cache(k, v, layer=layer):   # k, v: [batch, heads, n, hd] -> the whole buffers [.., capacity, hd]
-                return (_write(self.k_cache[layer], k, pos, xla), _write(self.v_cache[layer], v, pos, xla), mask)
-            x, _ = model.block(x, p, f'model/h{layer}', n_head, cache=cache)
+            x, _ = model.block(x, p, f'model/h{layer}', h['n_head'], cache=cache(layer))
         last = model.norm(x[:, -1], p['model/ln_f/g'], p['model/ln_f/b'])                    # [batch, n_embd]
         if self.wte_t is not None:
             return tf.matmul(last, self.wte_t)
@@ -273,8 +285,8 @@ def stream_sequence(*, hparams, params, length, start_token=None, batch_size=Non
     first, step = decoder.chooser(temperature, top_k, top_p), decoder.stepper(temperature, top_k, top_p)
     seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
     # Capacity rounded up to a multiple of 64 bounds the attention work without a fresh buffer per length.
-    decoder.start(batch, min(hparams['n_ctx'], -(-(n + length) // 64) * 64))
-    token = first(decoder.prefill(tf.constant(ctx), tf.constant(0)), seeds(0))
+    capacity = min(hparams['n_ctx'], -(-(n + length) // 64) * 64)
+    token = first(decoder.prefill(tf.constant(ctx), capacity), seeds(0))
     yield token.numpy()
     for i in range(1, length):
         token = step(token, tf.constant(n + i - 1), seeds(i))

@@ -239,8 +239,7 @@ def test_xla_and_graph_steps_agree(tiny):
     logits = {}
     for xla in (False, True):
         d = sample.Decoder(h, p, xla=xla)
-        d.start(3, 64)
-        out = [d.prefill(ctx, tf.constant(0))]
+        out = [d.prefill(ctx, 64)]
         for i in range(10):
             out.append(d.step_one(tf.constant(tokens[:, i:i + 1]), tf.constant(6 + i)))
         logits[xla] = np.stack([o.numpy() for o in out])
