@@ -140,7 +140,7 @@ def main():
     ap.add_argument('--prompt', type=int, default=32, help='prompt tokens')
     ap.add_argument('--new', type=int, default=128, help='new tokens per row')
     ap.add_argument('--top_k', type=int, default=40)
-    ap.add_argument('--repeats', type=int, default=2, help='child processes per (side, batch size); median kept')
+    ap.add_argument('--repeats', type=int, default=5, help='child processes per (side, batch size); median kept')
     ap.add_argument('--threads', type=int, default=os.cpu_count(), help='threads for both sides')
     ap.add_argument('--json', help='also write the results here')
     ap.add_argument('--child', help=argparse.SUPPRESS)
