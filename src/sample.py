@@ -82,7 +82,7 @@ class Decoder:
         self.step_one = tf.function(lambda tokens, pos: self._step(tokens, pos, xla=self.xla), autograph=False,
                                     jit_compile=self.xla or None, input_signature=[
                                         tf.TensorSpec([None, 1], tf.int32), tf.TensorSpec([], tf.int32)])
-        self._choosers = {}
+        self._compiled = {}
 
     def prefill(self, tokens, capacity):
         """Start a sequence: feed the prompt tokens [batch, n] at positions 0..n-1 into fresh caches of
@@ -125,12 +125,12 @@ class Decoder:
     def chooser(self, temperature, top_k, top_p):
         """A compiled function (logits [batch, n_vocab], seed [2]) -> next tokens int32 [batch]."""
         key = (temperature, top_k, top_p)
-        if key not in self._choosers:
-            self._choosers[key] = tf.function(
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(
                 lambda logits, seed: choose(logits, seed, temperature, top_k, top_p), autograph=False,
                 input_signature=[tf.TensorSpec([None, self.hparams['n_vocab']], tf.float32),
                                  tf.TensorSpec([2], tf.int32)])
-        return self._choosers[key]
+        return self._compiled[key]
 
     def stepper(self, temperature, top_k, top_p):
         """A function (tokens int32 [batch], pos, seed [2]) -> next tokens int32 [batch]: feeds `tokens` at
@@ -138,17 +138,17 @@ class Decoder:
         call per token, and XLA's top-k is faster than TensorFlow's); a draw from the whole vocabulary
         sorts or samples 50k logits, which XLA on CPU does slower, so that runs after the step."""
         key = ('step', temperature, top_k, top_p)
-        if key not in self._choosers:
+        if key not in self._compiled:
             if self.xla and (temperature == 0 or top_k > 0):
-                self._choosers[key] = tf.function(
+                self._compiled[key] = tf.function(
                     lambda tokens, pos, seed: choose(self._step(tokens[:, None], pos, xla=True), seed,
                                                      temperature, top_k, top_p),
                     autograph=False, jit_compile=True, input_signature=[
                         tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32)])
             else:
                 pick = self.chooser(temperature, top_k, top_p)
-                self._choosers[key] = lambda tokens, pos, seed: pick(self.step_one(tokens[:, None], pos), seed)
-        return self._choosers[key]
+                self._compiled[key] = lambda tokens, pos, seed: pick(self.step_one(tokens[:, None], pos), seed)
+        return self._compiled[key]
 
 
 def choose(logits, seed, temperature, top_k, top_p):
