@@ -85,11 +85,12 @@ def norm(x, g, b, epsilon=1e-5):
 
 
 def conv1d(x, w, b):
-    """The checkpoint's 1x1 convolution, i.e. x @ w[0] + b.  x: [..., nx], w: [1, nx, nf]."""
+    """The checkpoint's 1x1 convolution, i.e. x @ w[0] + b.  x: [..., nx], w: [1, nx, nf], or a function
+    that computes x @ w[0] for x [rows, nx] some other way (the sampler passes a faster form)."""
     *start, nx = shape_list(x)
-    nf = w.shape[-1]
-    y = tf.matmul(tf.reshape(x, [-1, nx]), tf.reshape(w, [nx, nf])) + b
-    return tf.reshape(y, start + [nf])
+    x = tf.reshape(x, [-1, nx])
+    y = (w(x) if callable(w) else tf.matmul(x, tf.reshape(w, [nx, w.shape[-1]]))) + b        # [rows, nf]
+    return tf.reshape(y, start + [y.shape[-1]])
 
 
 def split_heads(x, n_head):

@@ -66,8 +66,9 @@ class Decoder:
     def __init__(self, hparams, params, xla=None):
         self.hparams, self.params = hparams, params
         wte = params['model/wte']
+        frozen = not any(isinstance(w, tf.Variable) for w in params.values())
         # Frozen weights: a [n_embd, n_vocab] copy makes the logits matmul (the largest one) ~1.3-1.9x faster.
-        self.wte_t = None if isinstance(wte, tf.Variable) else tf.transpose(wte)
+        self.wte_t = tf.transpose(wte) if frozen else None
         n, heads = hparams['n_layer'], hparams['n_head']
         # Per layer: keys and values [batch, heads, capacity, head_dim], reallocated by prefill().
         shape = tf.TensorShape([None, heads, None, hparams['n_embd'] // heads])
@@ -79,6 +80,13 @@ class Decoder:
         # compiled, with XLA where available (once per batch size and cache capacity; 1.3-1.6x faster on
         # CPU than a plain graph), else as a graph traced once for all shapes.
         self.xla = xla_available() if xla is None else xla
+        # Under XLA, the blocks' matmuls run on transposed [nf, nx] copies of their weights (see _output_major),
+        # when the copies (as large as the blocks' weights) fit in memory with room to spare.
+        self.step_params = params
+        if self.xla and frozen and os.environ.get('GPT2_TRANSPOSED_COPIES', '1') != '0':
+            blocks = [k for k in params if k.endswith('/w') and k.startswith('model/h')]
+            if 2 * sum(params[k].shape.num_elements() * params[k].dtype.size for k in blocks) < _free_memory():
+                self.step_params = dict(params, **{k: _output_major(tf.transpose(params[k][0])) for k in blocks})
         self.step_one = tf.function(lambda tokens, pos: self._step(tokens, pos, xla=self.xla), autograph=False,
                                     jit_compile=self.xla or None, input_signature=[
                                         tf.TensorSpec([None, 1], tf.int32), tf.TensorSpec([], tf.int32)])
@@ -108,24 +116,22 @@ class Decoder:
         def cache(layer):   # k, v: [batch, heads, n, hd] -> the whole buffers [.., capacity, hd]
             return lambda k, v: (_write(self.k_cache[layer], k, pos, xla),
                                  _write(self.v_cache[layer], v, pos, xla), mask)
-        return self._forward(tokens, pos, cache, vocab_major)
+        return self._forward(tokens, pos, cache, self.step_params if xla else self.params, vocab_major)
 
-    def _forward(self, tokens, pos, cache, vocab_major=False):
+    def _forward(self, tokens, pos, cache, params=None, vocab_major=False):
         """The model on tokens [batch, n] at positions pos.., with cache(layer) as each block's cache hook;
         returns the last position's logits [batch, n_vocab].
 
-        vocab_major (under XLA only): the logits are computed as wte @ last^T [n_vocab, batch], the operand
-        order in which XLA's CPU matmul is fastest for a few rows (~8 ms instead of ~12 at batch 8), and a
-        barrier keeps XLA from folding the transpose back into the matmul.  It pays when a top-k follows
-        in the same computation; returning the logits from the computation this way is slower."""
-        h, p = self.hparams, self.params
+        vocab_major (under XLA only): the logits are computed as wte @ last^T (_output_major), the operand
+        order in which XLA's CPU matmul is fastest for a few rows (~8 ms instead of ~12 at batch 8).  It
+        pays when the draw follows in the same computation; returning logits made this way is slower."""
+        h, p = self.hparams, params or self.params
         x = tf.gather(p['model/wte'], tokens) + tf.gather(p['model/wpe'], pos + tf.range(tf.shape(tokens)[1]))[None]
         for layer in range(h['n_layer']):
             x, _ = model.block(x, p, f'model/h{layer}', h['n_head'], cache=cache(layer))
         last = model.norm(x[:, -1], p['model/ln_f/g'], p['model/ln_f/b'])                    # [batch, n_embd]
         if vocab_major:
-            from tensorflow.compiler.tf2xla.python import xla as xla_ops
-            return tf.transpose(xla_ops.optimization_barrier(tf.matmul(p['model/wte'], last, transpose_b=True))[0])
+            return _output_major(p['model/wte'])(last)       # wte [n_vocab, n_embd] is already output-major
         if self.wte_t is not None:
             return tf.matmul(last, self.wte_t)
         return tf.matmul(last, p['model/wte'], transpose_b=True)
@@ -205,6 +211,29 @@ def _nucleus_draw(logits, p, seed):
 
     covered = tf.reduce_all(mass_before[:, -1] + probs[:, -1] >= p)
     return tf.cond(covered, within_candidates, whole_vocabulary)
+
+
+def _output_major(w_t):
+    """x [rows, nx] -> x @ w for w_t = w^T [nf, nx], computed as w_t @ x^T: for a few rows, XLA's CPU matmul
+    is 15-20% faster with the weight as the left operand.  The barrier (XLA only) keeps XLA from folding
+    the transpose of the result back into the matmul, which would undo that."""
+    from tensorflow.compiler.tf2xla.python import xla as xla_ops
+
+    def matmul(x):
+        return tf.transpose(xla_ops.optimization_barrier(tf.matmul(w_t, x, transpose_b=True))[0])
+    return matmul
+
+
+def _free_memory():
+    """Bytes of memory available now (Linux), or 0 where that cannot be read."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def xla_available():

@@ -117,6 +117,19 @@ def test_incremental_decoding_with_past_equals_full_pass(chunks):
     np.testing.assert_allclose(past.numpy(), full['present'].numpy(), atol=1e-5)
 
 
+def test_conv1d_takes_the_checkpoint_weight_or_a_function():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 3, 5)).astype(np.float32))
+    w = tf.constant(rng.normal(size=(1, 5, 7)).astype(np.float32))
+    b = tf.constant(rng.normal(size=7).astype(np.float32))
+    expected = np.einsum('bsi,io->bso', x.numpy(), w.numpy()[0]) + b.numpy()
+    np.testing.assert_allclose(model.conv1d(x, w, b).numpy(), expected, atol=1e-5)
+    w_t = tf.transpose(w[0])
+    via = model.conv1d(x, lambda rows: tf.transpose(tf.matmul(w_t, rows, transpose_b=True)), b)
+    assert via.shape == (2, 3, 7)
+    np.testing.assert_allclose(via.numpy(), expected, atol=1e-5)
+
+
 def test_default_hparams_are_124M():
     assert model.default_hparams() == dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=12)
     assert model.default_hparams().n_ctx == 1024

@@ -246,3 +246,27 @@ def test_xla_and_graph_steps_agree(tiny):
         full = model.model(h, np.concatenate([ctx.numpy(), tokens], 1), params=p)['logits'].numpy()
         np.testing.assert_allclose(logits[xla], full[:, 5:].transpose(1, 0, 2), atol=1e-4)
     np.testing.assert_allclose(logits[True], logits[False], atol=1e-4)
+
+
+@pytest.mark.parametrize('copies', ['1', '0'])
+def test_transposed_weight_copies_change_no_logits(tiny, monkeypatch, copies):
+    """Under XLA the blocks' matmuls run on transposed copies of the weights (unless GPT2_TRANSPOSED_COPIES=0);
+    the step's logits and the fused greedy draw match full forward passes either way."""
+    h, p = tiny
+    if not sample.xla_available():
+        pytest.skip('XLA is not available in this TensorFlow build')
+    monkeypatch.setenv('GPT2_TRANSPOSED_COPIES', copies)
+    d = sample.Decoder(h, p)
+    assert any(callable(w) for w in d.step_params.values()) == (copies == '1')
+    tokens = contexts(h, 3, 12, seed=9).astype(np.int32)
+    d.prefill(tf.constant(tokens[:, :5]), 64)
+    for i in range(5, 12):
+        logits = d.step_one(tf.constant(tokens[:, i - 1:i]), tf.constant(i - 1)).numpy()
+        np.testing.assert_allclose(logits, full_logits(h, p, tokens[:, :i]), atol=1e-4)
+    greedy = d.stepper(0.0, 0, 1.0)
+    d.prefill(tf.constant(tokens[:, :4]), 64)
+    seq = tokens[:, :5]
+    for pos in range(4, 11):   # feed seq[:, pos] at pos; the draw is the argmax after seq[:, :pos + 1]
+        nxt = greedy(tf.constant(seq[:, pos]), tf.constant(pos), tf.constant([0, 0])).numpy()
+        np.testing.assert_array_equal(nxt, full_logits(h, p, seq).argmax(-1))
+        seq = np.concatenate([seq, nxt[:, None]], 1)
