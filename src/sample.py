@@ -80,17 +80,28 @@ class Decoder:
         # compiled, with XLA where available (once per batch size and cache capacity; 1.3-1.6x faster on
         # CPU than a plain graph), else as a graph traced once for all shapes.
         self.xla = xla_available() if xla is None else xla
-        # Under XLA, the blocks' matmuls run on transposed [nf, nx] copies of their weights (see _output_major),
-        # when the copies (as large as the blocks' weights) fit in memory with room to spare.
-        self.step_params = params
-        if self.xla and frozen and os.environ.get('GPT2_TRANSPOSED_COPIES', '1') != '0':
-            blocks = [k for k in params if k.endswith('/w') and k.startswith('model/h')]
-            if 2 * sum(params[k].shape.num_elements() * params[k].dtype.size for k in blocks) < _free_memory():
-                self.step_params = dict(params, **{k: _output_major(tf.transpose(params[k][0])) for k in blocks})
+        self._frozen, self._step_params = frozen, None
         self.step_one = tf.function(lambda tokens, pos: self._step(tokens, pos, xla=self.xla), autograph=False,
                                     jit_compile=self.xla or None, input_signature=[
                                         tf.TensorSpec([None, 1], tf.int32), tf.TensorSpec([], tf.int32)])
         self._compiled = {}
+
+    @property
+    def step_params(self):
+        """The weights as the compiled step uses them.  Under XLA, the blocks' matmuls run on transposed
+        [nf, nx] copies (see _output_major) when the copies, as large as the blocks' weights, fit in memory
+        with room to spare (GPT2_TRANSPOSED_COPIES=0: never).  Made on first use, i.e. when the step is
+        first traced, after the first token."""
+        if self._step_params is None:
+            self._step_params = self.params
+            blocks = [k for k in self.params if k.endswith('/w') and k.startswith('model/h')]
+            size = sum(self.params[k].shape.num_elements() * self.params[k].dtype.size for k in blocks)
+            if (self.xla and self._frozen and os.environ.get('GPT2_TRANSPOSED_COPIES', '1') != '0'
+                    and 2 * size < _free_memory()):
+                with tf.init_scope():   # made eagerly, once, even when first asked for while tracing
+                    copies = {k: _output_major(tf.transpose(self.params[k][0])) for k in blocks}
+                self._step_params = dict(self.params, **copies)
+        return self._step_params
 
     def prefill(self, tokens, capacity):
         """Start a sequence: feed the prompt tokens [batch, n] at positions 0..n-1 into fresh caches of
