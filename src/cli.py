@@ -73,7 +73,8 @@ def check_flags(fn, argv):
                 raise UsageError(f'unknown flag --{name}; valid flags: '
                                  + ' '.join('--' + p for p in params))
     flags_with_values = sum(1 for a in argv if a.startswith('--') and '=' not in a and len(a) > 2)
-    if positional > len(params) + flags_with_values:
+    takes_positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params.values())
+    if positional > takes_positional + flags_with_values:
         raise UsageError(f'too many arguments ({positional} without a --flag); valid flags: '
                          + ' '.join('--' + p for p in params))
 

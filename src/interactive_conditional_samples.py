@@ -3,10 +3,89 @@
 import os
 import sys
 
+import numpy as np
+
 import cli
 import encoder
 import model
 import sample
+
+# The flags both sampling scripts share; fire shows each function's docstring as its --help.
+FLAGS_DOC = """
+    Args:
+      model_name: which model to use, a folder inside models_dir (117M and 345M find 124M and 355M).
+      seed: integer seed for the random number generators; fix it to reproduce results.
+      nsamples: {nsamples}
+      batch_size: number of samples drawn in parallel (only affects speed/memory).
+      length: number of tokens in generated text; if None (default), {length}.
+      temperature: float controlling randomness in the Boltzmann distribution. Lower temperature
+        gives less random completions; as it approaches zero the model becomes deterministic and
+        repetitive (0 is greedy). Higher temperature gives more random completions.
+      top_k: integer controlling diversity. 1 means only 1 word is considered for each step
+        (token), resulting in deterministic completions, while 40 means 40 words are considered at
+        each step. 0 (default) is a special setting meaning no restrictions. 40 generally is a good value.
+      top_p: float in (0, 1]: nucleus sampling keeps the smallest set of most likely tokens whose
+        probability adds up to top_p. 1 (default) turns it off.
+      models_dir: path to the parent folder containing model subfolders (i.e. contains the
+        <model_name> folder).
+      stop_at_endoftext: end each sample at its first <|endoftext|> token, which is not printed
+        (by default, as in the original, every sample runs to its full length).{extra}
+    """
+
+
+def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, length=None,
+                   temperature=1, top_k=0, top_p=1, models_dir='models', *, stop_at_endoftext=False, prompt=None):
+    nsamples = cli.integer('nsamples', nsamples, minimum=1)
+    batch_size, seed, temperature, top_k, top_p = check_flags(batch_size, seed, temperature, top_k, top_p)
+    if prompt is not None and not isinstance(prompt, str):   # fire reads --prompt 1984 as a number
+        raise cli.UsageError(f'--prompt must be text, got {prompt!r} ({type(prompt).__name__}); quote it twice, '
+                             f'e.g. --prompt \'"1984"\'')
+    if prompt == '':
+        raise cli.UsageError('--prompt is empty; give some text, e.g. --prompt "Once upon a time"')
+    enc, hparams, params, length = load_model(model_name, models_dir, length, lambda h: h.n_ctx // 2)
+    seeds = sample.seed_stream(seed)
+    settings = dict(hparams=hparams, params=params, length=length, temperature=temperature, top_k=top_k,
+                    top_p=top_p)
+
+    def answer(text):
+        """Print nsamples continuations of text, or return the one-line reason it cannot be continued."""
+        tokens = enc.encode(text)
+        if len(tokens) + length > hparams.n_ctx:
+            return (f'the prompt is {len(tokens)} tokens; with --length {length} that exceeds the context '
+                    f'of {hparams.n_ctx}; shorten the prompt or lower --length')
+        generated = 0
+        while generated < nsamples:
+            rows = min(batch_size, nsamples - generated)
+            generated = print_samples(enc, [tokens] * rows, generated, stop_at_endoftext, seed=next(seeds),
+                                      **settings)
+        print('=' * 80, flush=True)
+
+    if prompt is not None:   # one-shot, from the shell
+        error = answer(prompt)
+        if error:
+            raise cli.UsageError(error)
+        return
+    if hasattr(sys.stdin, 'reconfigure'):  # bytes that are not UTF-8 reach the check below
+        sys.stdin.reconfigure(errors='surrogateescape')
+    while True:
+        raw_text = read_prompt()
+        if raw_text is None:
+            print()
+            return
+        if not raw_text:
+            print('Prompt should not be empty! Type some text, or press Ctrl-D to quit.')
+            continue
+        if any('\udc80' <= c <= '\udcff' for c in raw_text):
+            error = 'the prompt is not valid UTF-8; set your terminal to UTF-8 and try again'
+        else:
+            error = answer(raw_text)
+        if error:
+            print('error: ' + error, file=sys.stderr)
+
+
+interact_model.__doc__ = """Interactively continue prompts typed at the terminal (Ctrl-D quits).
+""" + FLAGS_DOC.format(nsamples='number of samples to return for each prompt.', length='half the context',
+                       extra='\n      prompt: continue this text once and exit, instead of asking at the terminal.')
 
 
 def read_prompt():
@@ -21,70 +100,33 @@ def read_prompt():
     return text
 
 
-def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, length=None,
-                   temperature=1, top_k=0, top_p=1, models_dir='models'):
-    """Interactively continue prompts typed at the terminal (Ctrl-D quits).
-
-    Args:
-      model_name: which model to use, a folder inside models_dir (117M and 345M find 124M and 355M).
-      seed: integer seed for the random number generators; fix it to reproduce results.
-      nsamples: number of samples to return for each prompt.
-      batch_size: number of samples drawn in parallel (only affects speed/memory).
-      length: number of tokens in generated text; if None (default), half the context.
-      temperature: float controlling randomness in the Boltzmann distribution. Lower temperature
-        gives less random completions; as it approaches zero the model becomes deterministic and
-        repetitive (0 is greedy). Higher temperature gives more random completions.
-      top_k: integer controlling diversity. 1 means only 1 word is considered for each step
-        (token), resulting in deterministic completions, while 40 means 40 words are considered at
-        each step. 0 (default) is a special setting meaning no restrictions. 40 generally is a good value.
-      top_p: float in (0, 1]: nucleus sampling keeps the smallest set of most likely tokens whose
-        probability adds up to top_p. 1 (default) turns it off.
-      models_dir: path to the parent folder containing model subfolders (i.e. contains the
-        <model_name> folder).
-    """
-    nsamples = cli.integer('nsamples', nsamples, minimum=1)
-    batch_size, seed, temperature, top_k, top_p = check_flags(batch_size, seed, temperature, top_k, top_p)
-    enc, hparams, params, length = load_model(model_name, models_dir, length, lambda h: h.n_ctx // 2)
-    seeds = sample.seed_stream(seed)
-    if hasattr(sys.stdin, 'reconfigure'):  # bytes that are not UTF-8 reach the check below
-        sys.stdin.reconfigure(errors='surrogateescape')
-
-    while True:
-        raw_text = read_prompt()
-        if raw_text is None:
-            print()
-            return
-        if not raw_text:
-            print('Prompt should not be empty! Type some text, or press Ctrl-D to quit.')
-            continue
-        if any('\udc80' <= c <= '\udcff' for c in raw_text):
-            print('error: the prompt is not valid UTF-8; set your terminal to UTF-8 and try again',
-                  file=sys.stderr)
-            continue
-        tokens = enc.encode(raw_text)
-        if len(tokens) + length > hparams.n_ctx:
-            print(f'error: the prompt is {len(tokens)} tokens; with --length {length} that exceeds the context '
-                  f'of {hparams.n_ctx}; shorten the prompt or lower --length', file=sys.stderr)
-            continue
-        generated = 0
-        while generated < nsamples:
-            rows = min(batch_size, nsamples - generated)
-            settings = dict(hparams=hparams, params=params, length=length, context=[tokens] * rows,
-                            temperature=temperature, top_k=top_k, top_p=top_p, seed=next(seeds))
-            if rows == 1:  # a single sample is shown as it is written
-                generated += 1
-                print_header(generated)
-                text = enc.stream_decoder()
-                for column in sample.stream_sequence(**settings):
-                    print(text.push(int(column[0])), end='', flush=True)
-                print(text.flush())
-                continue
-            out = sample.sample_sequence(**settings).numpy()
-            for row in out:
-                generated += 1
-                print_header(generated)
-                print(enc.decode(row[len(tokens):].tolist()), flush=True)
-        print('=' * 80, flush=True)
+def print_samples(enc, context, number, stop_at_endoftext, **settings):
+    """Draw a sample after each row of context (token lists) and print each under its header, numbered
+    from number + 1; a single sample is printed as it is written.  Returns the last sample's number."""
+    eot = enc.eot_token
+    columns = sample.stream_sequence(context=context, **settings)
+    if len(context) == 1:
+        print_header(number + 1)
+        text = enc.stream_decoder()
+        for column in columns:
+            if stop_at_endoftext and column[0] == eot:
+                break
+            print(text.push(int(column[0])), end='', flush=True)
+        print(text.flush())
+        return number + 1
+    drawn, ended = [], np.zeros(len(context), bool)
+    for column in columns:
+        drawn.append(column)
+        ended |= column == eot
+        if stop_at_endoftext and ended.all():
+            break   # every row has ended: no need to draw the rest
+    for row in np.stack(drawn, axis=1).tolist():
+        if stop_at_endoftext and eot in row:
+            row = row[:row.index(eot)]
+        number += 1
+        print_header(number)
+        print(enc.decode(row), flush=True)
+    return number
 
 
 def print_header(n):

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import SRC, write_model
@@ -146,3 +147,71 @@ def test_cli_number():
     for bad in ('abc', float('nan'), float('inf'), -1, 0, 2, True):
         with pytest.raises(cli.UsageError, match=r'--top_p must be a number in \(0, 1\]'):
             cli.number('top_p', bad, 0, 1, inclusive_min=False)
+
+
+def test_one_shot_prompt_from_the_shell(tiny_models_dir):
+    args = ('--model_name', 'tiny', '--models_dir', tiny_models_dir, '--length', '4', '--nsamples', '3',
+            '--batch_size', '2', '--seed', '3')
+    r = script('interactive_conditional_samples.py', *args, '--prompt', 'Hello world', stdin='never read\n')
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    assert headers(out) == [1, 2, 3] and 'Model prompt' not in out and out.endswith('=' * 80 + '\n')
+    # the same samples as the same prompt typed at the prompt
+    typed = script('interactive_conditional_samples.py', *args, stdin='Hello world\n').stdout.decode()
+    assert out in typed
+    for bad, fragment in [('word ' * 70, 'exceeds the context of 64'), ('', '--prompt is empty'),
+                          ('1984', "quote it twice")]:
+        r = script('interactive_conditional_samples.py', *args, '--prompt', bad)
+        err = r.stderr.decode().strip()
+        assert r.returncode == 1 and len(err.splitlines()) == 1 and fragment in err, err
+
+
+class FakeEncoder:
+    eot_token = 9
+
+    def decode(self, tokens):
+        return ' '.join(map(str, tokens))
+
+    def stream_decoder(self):
+        class Stream:
+            def push(self, token):
+                return f' {token}'
+
+            def flush(self):
+                return ''
+        return Stream()
+
+
+@pytest.mark.parametrize('stop', [False, True])
+def test_print_samples_stops_at_endoftext(monkeypatch, capsys, stop):
+    columns = [[1, 2, 3], [9, 4, 5], [6, 9, 7], [8, 8, 9], [5, 5, 5]]   # row 0 ends at step 1, row 2 at step 3
+    drawn = []
+
+    def fake_stream(**settings):
+        for column in columns[:settings['length']]:
+            drawn.append(column)
+            yield np.array(column[:len(settings['context'])])
+    monkeypatch.setattr(interactive.sample, 'stream_sequence', fake_stream)
+    assert interactive.print_samples(FakeEncoder(), [[0]] * 3, 4, stop, length=5) == 7
+    out = capsys.readouterr().out
+    assert headers(out) == [5, 6, 7]
+    rows = [line for line in out.splitlines() if not line.startswith('=')]
+    if stop:
+        assert rows == ['1', '2 4', '3 5 7'] and len(drawn) == 4   # nothing drawn once every row has ended
+    else:
+        assert rows == ['1 9 6 8 5', '2 4 9 8 5', '3 5 7 9 5'] and len(drawn) == 5
+    drawn.clear()
+    assert interactive.print_samples(FakeEncoder(), [[0]], 0, stop, length=5) == 1   # one row: streamed
+    assert capsys.readouterr().out.splitlines()[1] == (' 1' if stop else ' 1 9 6 8 5')
+    assert len(drawn) == (2 if stop else 5)
+
+
+def test_stop_at_endoftext_prints_a_prefix_of_the_full_sample(tiny_models_dir):
+    args = ('--model_name', 'tiny', '--models_dir', tiny_models_dir, '--length', '30', '--nsamples', '4',
+            '--batch_size', '2', '--seed', '5')
+    full = script('generate_unconditional_samples.py', *args)
+    stopped = script('generate_unconditional_samples.py', *args, '--stop_at_endoftext')
+    assert full.returncode == stopped.returncode == 0
+    split = lambda r: HEADER.split(r.stdout.decode())[2::2]
+    for a, b in zip(split(full), split(stopped)):
+        assert a.startswith(b.rstrip('\n')) and '<|endoftext|>' not in b
