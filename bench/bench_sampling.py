@@ -4,7 +4,7 @@
     pip install torch==2.13.0 transformers     # the peer; not in requirements.txt
     python bench/bench_sampling.py             # 124M shape, 32-token prompt, 128 new tokens, top_k 40
 
-Random weights of the real 124M shape are written once as an OpenAI checkpoint (what model.load
+Random weights of the real 124M shape are written once as an OpenAI checkpoint (what checkpoint.load
 reads) and copied, tensor for tensor, into a transformers GPT-2 folder (what from_pretrained reads).
 Each measurement runs in a fresh child process, ours and the peer's alternating, with the same
 thread count, so that 'time to first token' counts everything from process start: imports, loading
@@ -31,9 +31,10 @@ def prepare(folder, seed):
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     import numpy as np
     import model
+    import checkpoint
     h = model.default_hparams()
-    params = model.init_params(h, seed=seed)
-    model.save(os.path.join(folder, 'ours', '124M'), h, params)
+    params = checkpoint.init_params(h, seed=seed)
+    checkpoint.save(os.path.join(folder, 'ours', '124M'), h, params)
     from safetensors.numpy import save_file
     p = {k: v.numpy() for k, v in params.items()}
     hf = {'transformer.wte.weight': p['model/wte'], 'transformer.wpe.weight': p['model/wpe'],
@@ -63,9 +64,9 @@ def run_ours(folder, batch, prompt, new, top_k, threads, started):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    import model
+    import checkpoint
     import sample
-    hparams, params = model.load(os.path.join(folder, 'ours', '124M'))
+    hparams, params = checkpoint.load(os.path.join(folder, 'ours', '124M'))
     context = np.random.default_rng(1).integers(0, hparams.n_vocab, size=(batch, prompt))
     result = {}
     for call in ('cold', 'warm'):

@@ -47,9 +47,10 @@ def child(option, batch_size, seq_len, steps):
     import numpy as np
     import tensorflow as tf
     import model
+    import checkpoint
     import train
     hparams = model.default_hparams()
-    params = model.init_params(hparams, seed=0)
+    params = checkpoint.init_params(hparams, seed=0)
     trainer = train.Trainer(tf.distribute.get_strategy(), hparams, params, **OPTIONS[option])
     del params
     rng = np.random.default_rng(0)

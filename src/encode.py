@@ -31,9 +31,9 @@ import time
 import numpy as np
 
 import encoder as encoder_lib
+import files
 
 TEXT_EXTENSIONS = ('.txt', '.jsonl')
-LEGACY_NAMES = {'117M': '124M', '345M': '355M'}   # as model.model_path (which would import TensorFlow)
 PARALLEL_MIN_BYTES = 32 << 20     # below this, starting worker processes (~1 s each) costs more than it saves
 CHUNK_CHARS = 1 << 20             # text per worker task (split only where the split cannot change the ids)
 
@@ -158,24 +158,13 @@ def _encode_piece(text, allow_special):
 
 
 def model_folder(model_name, models_dir='models'):
-    """models_dir/model_name, refusing names that would leave models_dir and folders that do not exist.
-
-    model.model_path's rules, kept here so that encoding never imports TensorFlow: the legacy names
-    117M and 345M find the folders 124M and 355M that download_model.py writes.
-    """
-    name = str(model_name)
-    models_dir = os.path.expanduser(os.path.expandvars(os.fspath(models_dir) if isinstance(models_dir, os.PathLike)
-                                                       else str(models_dir)))
-    if (not name or name in ('.', '..') or '..' in name or '/' in name or '\\' in name or '\0' in name
-            or os.path.isabs(name)):
-        raise EncodeError(f'invalid model name {name!r}: give the name of a folder inside {models_dir}, e.g. 124M')
-    path = os.path.join(models_dir, name)
-    if not os.path.isdir(path) and name in LEGACY_NAMES:
-        path = os.path.join(models_dir, LEGACY_NAMES[name])
-    if not os.path.isdir(path):
-        raise EncodeError(f'model {name} not found: {path} does not exist (leave out --model_name to use '
-                          'the vocabulary that every released GPT-2 size shares)')
-    return path
+    """models_dir/model_name (files.model_dir: no names that leave models_dir; 117M and 345M find 124M
+    and 355M), as an EncodeError when it cannot be used."""
+    try:
+        return files.model_dir(model_name, models_dir)
+    except files.ModelFolderError as e:
+        raise EncodeError(f'{e} (or leave out --model_name to use the vocabulary that every released '
+                          'GPT-2 size shares)') from None
 
 
 def get_encoder(model_name=None, models_dir='models'):

@@ -58,6 +58,8 @@ from tqdm import tqdm
 
 import detokenize
 import encoder
+import checkpoint
+import files
 import model
 
 EOT = 50256  # <|endoftext|>
@@ -521,17 +523,17 @@ def check_json_out(path):
 
 
 def write_json(path, result):
-    """Write result as JSON (infinities as null), atomically (model.write_atomic)."""
+    """Write result as JSON (infinities as null), atomically (files.write_atomic)."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
-    model.write_atomic(path, json.dumps(clean, indent=2) + '\n')
+    files.write_atomic(path, json.dumps(clean, indent=2) + '\n')
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line.
 
 def _load(model_name, models_dir):
-    model_dir = model.model_path(model_name, models_dir)
-    hparams, params = model.load(model_dir)
+    model_dir = checkpoint.model_path(model_name, models_dir)
+    hparams, params = checkpoint.load(model_dir)
     enc = encoder.get_encoder(os.path.basename(model_dir), os.path.dirname(model_dir))
     return hparams, params, enc
 

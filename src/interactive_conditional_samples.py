@@ -8,6 +8,7 @@ import numpy as np
 import cli
 import encoder
 import model
+import checkpoint
 import sample
 
 # The flags both sampling scripts share; fire shows each function's docstring as its --help.
@@ -143,9 +144,9 @@ def check_flags(batch_size, seed, temperature, top_k, top_p):
 def load_model(model_name, models_dir, length, default_length):
     """(encoder, hparams, params, length) for a sampling script; length None means default_length(hparams)."""
     length = cli.integer('length', length, minimum=1, allow_none=True)
-    path = model.model_path(model_name, models_dir)
+    path = checkpoint.model_path(model_name, models_dir)
     enc = encoder.get_encoder(os.path.basename(path), os.path.dirname(path))
-    hparams, params = model.load(path)
+    hparams, params = checkpoint.load(path)
     if length is None:
         length = default_length(hparams)
     elif length > hparams.n_ctx - 1:

@@ -40,6 +40,8 @@ import tensorflow as tf
 
 import encode as encode_lib
 import encoder as encoder_lib
+import checkpoint
+import files
 import model
 
 PRECISIONS = {'float32': tf.float32, 'bfloat16': tf.bfloat16, 'float16': tf.float16}
@@ -390,7 +392,7 @@ def save(trainer, run_dir, hparams):
         raise TrainError(f'{bad[0]} is not finite at step {step}; not saved (try a lower --learning_rate)')
     with _signals_deferred():
         trainer.state.write(state_prefix(run_dir, step))
-        model.save(run_dir, hparams, trainer.values(), name=f'model-{step}')
+        checkpoint.save(run_dir, hparams, trainer.values(), name=f'model-{step}')
         _prune(run_dir, step)
         trainer.saved_step = step
     return step
@@ -545,7 +547,7 @@ def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hpara
         raise TrainError(f'{run_dir} already holds a checkpoint at step {start_step}; resume it (drop --resume=False) '
                          'or choose a new --run_name')
     if start_step is not None:
-        hp = model.load_hparams(run_dir)
+        hp = checkpoint.load_hparams(run_dir)
         source_dir = run_dir
     elif fresh:
         hp = parse_hparams(hparams)
@@ -553,8 +555,8 @@ def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hpara
     else:
         if hparams is not None:
             raise TrainError('--hparams applies to --fresh runs; a released model brings its own')
-        source_dir = model.model_path(model_name, models_dir)
-        hp = model.load_hparams(source_dir)
+        source_dir = checkpoint.model_path(model_name, models_dir)
+        hp = checkpoint.load_hparams(source_dir)
     seq_len = hp['n_ctx'] if seq_len is None else seq_len
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= hp['n_ctx']:
         raise TrainError(f'--seq_len must be an integer in [1, {hp["n_ctx"]}] (the model\'s context), got {seq_len!r}')
@@ -571,11 +573,11 @@ def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hpara
         raise TrainError(f'--batch_size {batch_size} must be a multiple of the {replicas} replicas')
     chief = getattr(strat.extended, 'should_checkpoint', True)
     if start_step is not None:
-        _, params = model.load(run_dir)
+        _, params = checkpoint.load(run_dir)
     elif fresh:
-        params = model.init_params(hp, seed=seed)
+        params = checkpoint.init_params(hp, seed=seed)
     else:
-        _, params = model.load(source_dir)
+        _, params = checkpoint.load(source_dir)
     if chief:
         _check_writable(run_dir)
     trainer = Trainer(strat, hp, params, learning_rate=learning_rate, warmup_steps=warmup_steps, grad_clip=grad_clip,
@@ -680,7 +682,7 @@ def _sample(trainer, hp, enc, run_dir, step, length, num, top_k, seed, writer, b
     text = '\n'.join(f'======== SAMPLE {i + 1} ========\n{t}' for i, t in enumerate(texts))
     bar.write(f'step {step} samples:\n{text}', file=sys.stderr)
     os.makedirs(os.path.join(run_dir, 'samples'), exist_ok=True)
-    model.write_atomic(os.path.join(run_dir, 'samples', f'step-{step}.txt'), text + '\n')
+    files.write_atomic(os.path.join(run_dir, 'samples', f'step-{step}.txt'), text + '\n')
     log_text(writer, step, 'samples', text)
 
 

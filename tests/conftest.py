@@ -17,9 +17,10 @@ TINY_HPARAMS = dict(n_vocab=50257, n_ctx=64, n_embd=32, n_head=4, n_layer=2)
 def write_model(models_dir, name='tiny', hparams=None, seed=0, vocab=True):
     """A random-weight model folder as download_model.py leaves it.  Returns its path."""
     import model
+    import checkpoint
     h = model.default_hparams().override_from_dict(dict(hparams or TINY_HPARAMS))
     path = os.path.join(str(models_dir), name)
-    model.save(path, h, model.init_params(h, seed=seed))
+    checkpoint.save(path, h, checkpoint.init_params(h, seed=seed))
     if vocab:
         for f in ('encoder.json', 'vocab.bpe'):
             shutil.copy(os.path.join(VOCAB, f), path)

@@ -12,6 +12,7 @@ import tensorflow as tf
 import detokenize
 import encoder
 import eval as ev
+import checkpoint
 import model
 
 SMALL = dict(n_vocab=50257, n_ctx=32, n_embd=32, n_head=4, n_layer=2)
@@ -29,7 +30,7 @@ def small():
     h = model.default_hparams().override_from_dict(SMALL)
     rng = np.random.default_rng(7)
     params = {}
-    for name, shape in model.param_shapes(h).items():
+    for name, shape in checkpoint.param_shapes(h).items():
         leaf = name.rsplit('/', 1)[1]
         value = {'g': np.ones(shape), 'b': np.zeros(shape)}.get(leaf)
         params[name] = tf.constant(0.3 * rng.standard_normal(shape) if value is None else value, tf.float32)
@@ -260,7 +261,7 @@ CONTEXTS = ['She played a tune on the', 'The band brought an old', 'In the music
 def xylophone(enc):
     """A tiny model trained (50 Adam steps) to end every passage of CONTEXTS with " Xylophone" (X|yl|ophone)."""
     h = model.default_hparams().override_from_dict(SMALL)
-    variables = {k: tf.Variable(v) for k, v in model.init_params(h, seed=3).items()}
+    variables = {k: tf.Variable(v) for k, v in checkpoint.init_params(h, seed=3).items()}
     rows = [[ev.EOT] + enc.encode(c) + enc.encode(' Xylophone') for c in CONTEXTS]
     width = max(map(len, rows)) - 1
     x, y, mask = (np.zeros([len(rows), width], dtype) for dtype in (np.int32, np.int32, np.float32))
@@ -385,7 +386,7 @@ def test_cli_perplexity_and_lambada_write_json(tiny_models_dir, tmp_path, capsys
     assert rc == 0
     assert 'perplexity per word' in capsys.readouterr().out
     saved = json.loads(out.read_text())
-    h, params = model.load(os.path.join(tiny_models_dir, 'tiny'))
+    h, params = checkpoint.load(os.path.join(tiny_models_dir, 'tiny'))
     direct = ev.perplexity(h, params, enc, [text.read_text(encoding='utf-8')], 'wikitext', 16, 8,
                            count_line_ends=True)
     assert saved['words'] == direct['words'] == 6 * (3 + 9 + 2)
@@ -535,7 +536,7 @@ def test_cbt_texts_put_the_candidate_and_the_rest_of_the_query_after_the_prefix(
 
 
 def test_cbt_predicts_the_argmax_of_direct_log_probabilities(tiny_models_dir, tmp_path, enc):
-    h, params = model.load(os.path.join(tiny_models_dir, 'tiny'))
+    h, params = checkpoint.load(os.path.join(tiny_models_dir, 'tiny'))
     examples = ev.read_cbt(write_cbt(tmp_path / 'cbt.txt'))
     result = ev.cbt(h, params, enc, examples, batch_size=10)
     context = h['n_ctx']
@@ -571,7 +572,7 @@ def test_cli_cbt_writes_json(tiny_models_dir, tmp_path, capsys, enc):
     assert rc == 0
     assert 'accuracy' in capsys.readouterr().out
     saved = json.loads(out.read_text())
-    h, params = model.load(os.path.join(tiny_models_dir, 'tiny'))
+    h, params = checkpoint.load(os.path.join(tiny_models_dir, 'tiny'))
     direct = ev.cbt(h, params, enc, ev.read_cbt(data), '1bw', 48)
     assert saved['examples'] == 2 and saved['predictions'] == direct['predictions']
     assert saved['accuracy'] == direct['accuracy']

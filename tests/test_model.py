@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import checkpoint
 import model
 
 HPARAM_SETS = [
@@ -19,7 +20,7 @@ def random_params(hparams, seed):
     """Every tensor random, biases and gains included, attention sharp enough that a mask error shows."""
     rng = np.random.default_rng(seed)
     params = {}
-    for name, shape in model.param_shapes(hparams).items():
+    for name, shape in checkpoint.param_shapes(hparams).items():
         leaf = name.rsplit('/', 1)[1]
         if leaf == 'g':
             v = 1 + 0.2 * rng.standard_normal(shape)
@@ -146,27 +147,27 @@ def test_124M_variable_names_and_shapes_equal_the_published_list():
                             ('mlp/c_proj/w', [1, 3072, 768]), ('mlp/c_proj/b', [768])]:
             published[f'model/h{i}/{name}'] = shape
     assert len(published) == 12 * 12 + 4
-    assert model.param_shapes(model.default_hparams()) == published
+    assert checkpoint.param_shapes(model.default_hparams()) == published
 
 
 def test_init_params_statistics():
     h = hp(dict(n_vocab=500, n_ctx=400, n_embd=64, n_head=4, n_layer=1))
-    p = model.init_params(h, seed=0)
+    p = checkpoint.init_params(h, seed=0)
     assert abs(np.std(p['model/wte']) - 0.02) < 0.002
     assert abs(np.std(p['model/wpe']) - 0.01) < 0.001
     assert np.all(p['model/h0/ln_1/g'].numpy() == 1) and np.all(p['model/h0/attn/c_attn/b'].numpy() == 0)
-    assert not np.array_equal(p['model/wte'], model.init_params(h, seed=1)['model/wte'])
-    assert np.array_equal(p['model/wte'], model.init_params(h, seed=0)['model/wte'])
+    assert not np.array_equal(p['model/wte'], checkpoint.init_params(h, seed=1)['model/wte'])
+    assert np.array_equal(p['model/wte'], checkpoint.init_params(h, seed=0)['model/wte'])
 
 
 def test_save_load_round_trip(tmp_path):
     h = hp(HPARAM_SETS[1])
-    p = model.init_params(h, seed=7)
-    model.save(str(tmp_path / 'm'), h, p)
+    p = checkpoint.init_params(h, seed=7)
+    checkpoint.save(str(tmp_path / 'm'), h, p)
     assert sorted(os.listdir(tmp_path / 'm')) == ['checkpoint', 'hparams.json', 'model.ckpt.data-00000-of-00001',
                                                   'model.ckpt.index']
     assert json.loads((tmp_path / 'm' / 'hparams.json').read_text()) == dict(h)
-    h2, p2 = model.load(str(tmp_path / 'm'))
+    h2, p2 = checkpoint.load(str(tmp_path / 'm'))
     assert h2 == h and sorted(p2) == sorted(p)
     for k in p:
         assert p2[k].dtype == tf.float32 and np.array_equal(p2[k].numpy(), p[k].numpy()), k
@@ -175,16 +176,16 @@ def test_save_load_round_trip(tmp_path):
 def test_save_over_an_existing_checkpoint_replaces_it(tmp_path):
     h = hp(HPARAM_SETS[2])
     d = str(tmp_path / 'm')
-    model.save(d, h, model.init_params(h, seed=1))
-    p = model.init_params(h, seed=2)
-    model.save(d, h, p)
-    _, p2 = model.load(d)
+    checkpoint.save(d, h, checkpoint.init_params(h, seed=1))
+    p = checkpoint.init_params(h, seed=2)
+    checkpoint.save(d, h, p)
+    _, p2 = checkpoint.load(d)
     assert all(np.array_equal(p2[k], p[k]) for k in p)
     assert not [f for f in os.listdir(d) if 'tmp' in f or f.startswith('.')]
 
 
 def _tf1_graph_vars(h, values=None):
-    shapes = model.param_shapes(h)
+    shapes = checkpoint.param_shapes(h)
     vs = {}
     for name, shape in shapes.items():
         init = tf.compat.v1.zeros_initializer() if values is None else tf.compat.v1.constant_initializer(values[name])
@@ -206,7 +207,7 @@ def test_checkpoint_written_by_tf1_saver_loads(tmp_path):
             sess.run(tf.compat.v1.global_variables_initializer())
             saver.save(sess, str(d / 'model.ckpt'))
     (d / 'hparams.json').write_text(json.dumps(dict(h)))
-    h2, p = model.load(str(d))
+    h2, p = checkpoint.load(str(d))
     assert h2 == h
     for k, v in values.items():
         assert np.array_equal(p[k].numpy(), v), k
@@ -214,8 +215,8 @@ def test_checkpoint_written_by_tf1_saver_loads(tmp_path):
 
 def test_save_output_restores_in_tf1_saver(tmp_path):
     h = hp(HPARAM_SETS[0])
-    params = model.init_params(h, seed=9)
-    model.save(str(tmp_path / 'm'), h, params)
+    params = checkpoint.init_params(h, seed=9)
+    checkpoint.save(str(tmp_path / 'm'), h, params)
     with tf.Graph().as_default():
         vs = _tf1_graph_vars(h)
         saver = tf.compat.v1.train.Saver(var_list=vs)
@@ -239,13 +240,13 @@ def _one_line_error(exc_info, *fragments):
 def saved(tmp_path):
     h = hp(HPARAM_SETS[2])
     d = tmp_path / 'm'
-    model.save(str(d), h, model.init_params(h))
+    checkpoint.save(str(d), h, checkpoint.init_params(h))
     return d
 
 
 def test_missing_folder(tmp_path):
     with pytest.raises(model.ModelError) as e:
-        model.load(str(tmp_path / 'nope'))
+        checkpoint.load(str(tmp_path / 'nope'))
     _one_line_error(e, 'nope', 'download_model.py')
 
 
@@ -253,13 +254,13 @@ def test_missing_folder(tmp_path):
 def test_missing_file(saved, missing):
     (saved / missing).unlink()
     with pytest.raises(model.ModelError) as e:
-        model.load(str(saved))
+        checkpoint.load(str(saved))
     _one_line_error(e, missing, 'download_model.py')
 
 
 def test_missing_checkpoint_pointer_falls_back_to_model_ckpt(saved):
     (saved / 'checkpoint').unlink()
-    h, p = model.load(str(saved))
+    h, p = checkpoint.load(str(saved))
     assert h.n_layer == 3
 
 
@@ -267,7 +268,7 @@ def test_truncated_data_file(saved):
     data = saved / 'model.ckpt.data-00000-of-00001'
     data.write_bytes(data.read_bytes()[:100])
     with pytest.raises(model.ModelError) as e:
-        model.load(str(saved))
+        checkpoint.load(str(saved))
     _one_line_error(e, 'model.ckpt', 'download')
 
 
@@ -283,7 +284,7 @@ def test_checkpoint_not_matching_hparams(saved, change, fragment):
     values.update(change)
     hp_file.write_text(json.dumps(values))
     with pytest.raises(model.ModelError) as e:
-        model.load(str(saved))
+        checkpoint.load(str(saved))
     _one_line_error(e, fragment, 'hparams.json')
 
 
@@ -298,7 +299,7 @@ def test_checkpoint_not_matching_hparams(saved, change, fragment):
 def test_bad_hparams_json(saved, text, fragment):
     (saved / 'hparams.json').write_text(text)
     with pytest.raises(model.ModelError) as e:
-        model.load(str(saved))
+        checkpoint.load(str(saved))
     _one_line_error(e, fragment, 'hparams.json')
 
 
@@ -306,13 +307,13 @@ def test_bad_hparams_json(saved, text, fragment):
 def test_token_ids_out_of_range(bad):
     h = hp(HPARAM_SETS[2])
     with pytest.raises(model.ModelError) as e:
-        model.model(h, [[1, 2, bad]], params=model.init_params(h))
+        model.model(h, [[1, 2, bad]], params=checkpoint.init_params(h))
     _one_line_error(e, str(bad), '[0, 50)')
 
 
 def test_context_overflow():
     h = hp(HPARAM_SETS[2])
-    p = model.init_params(h)
+    p = checkpoint.init_params(h)
     with pytest.raises(model.ModelError) as e:
         model.model(h, np.zeros([1, 11], np.int32), params=p)
     _one_line_error(e, 'n_ctx=10')
@@ -330,8 +331,8 @@ def test_params_required():
 
 def test_failed_save_leaves_a_loadable_model(saved, monkeypatch):
     """A save that dies while replacing the final pair leaves `checkpoint` naming a complete pair."""
-    h, before = model.load(str(saved))
-    new = model.init_params(h, seed=5)
+    h, before = checkpoint.load(str(saved))
+    new = checkpoint.init_params(h, seed=5)
     real_replace = os.replace
 
     def failing_replace(src, dst):
@@ -341,11 +342,11 @@ def test_failed_save_leaves_a_loadable_model(saved, monkeypatch):
 
     monkeypatch.setattr(os, 'replace', failing_replace)
     with pytest.raises(OSError):
-        model.save(str(saved), h, new)
+        checkpoint.save(str(saved), h, new)
     monkeypatch.setattr(os, 'replace', real_replace)
-    _, after = model.load(str(saved))
+    _, after = checkpoint.load(str(saved))
     assert all(np.array_equal(after[k], new[k]) for k in new)
-    model.save(str(saved), h, new)   # the next save cleans up
+    checkpoint.save(str(saved), h, new)   # the next save cleans up
     assert not [f for f in os.listdir(saved) if f.startswith('.save-')]
     assert 'model.ckpt' in (saved / 'checkpoint').read_text()
 
@@ -354,14 +355,14 @@ def test_failed_save_leaves_a_loadable_model(saved, monkeypatch):
 def test_checkpoint_pointer_stays_inside_the_folder(saved, recorded):
     """Colab/fork runs record absolute paths; a pointer can never lead outside the model folder."""
     (saved / 'checkpoint').write_text(f'model_checkpoint_path: "{recorded}"\n')
-    h, p = model.load(str(saved))
+    h, p = checkpoint.load(str(saved))
     assert h.n_layer == 3
 
 
 def test_missing_index_is_named(saved, capfd):
     (saved / 'model.ckpt.index').unlink()
     with pytest.raises(model.ModelError) as e:
-        model.load(str(saved))
+        checkpoint.load(str(saved))
     _one_line_error(e, 'model.ckpt.index is missing')
     assert 'ERROR' not in capfd.readouterr().err
 

@@ -4,21 +4,23 @@ import pytest
 import tensorflow as tf
 
 import model
+
+import checkpoint
 import sample
 
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
-    """A checkpoint written by model.save and read back by model.load, with sharpened weights."""
+    """A checkpoint written by checkpoint.save and read back by checkpoint.load, with sharpened weights."""
     h = model.default_hparams().override_from_dict(dict(n_vocab=211, n_ctx=48, n_embd=32, n_head=4, n_layer=2))
-    p = model.init_params(h, seed=3)
+    p = checkpoint.init_params(h, seed=3)
     rng = np.random.default_rng(0)
     p = {k: tf.constant(v.numpy() + (rng.normal(0, 0.3, v.shape).astype(np.float32) if k.endswith('/w') else 0))
          for k, v in p.items()}
     p['model/wte'] = tf.constant(rng.normal(0, 0.5, p['model/wte'].shape).astype(np.float32))
     d = tmp_path_factory.mktemp('m')
-    model.save(str(d), h, p)
-    return model.load(str(d))
+    checkpoint.save(str(d), h, p)
+    return checkpoint.load(str(d))
 
 
 def full_logits(h, p, tokens):

@@ -40,12 +40,13 @@ def test_interactive_counts_and_prompts(tiny_models_dir, capsys, monkeypatch):
 def test_interactive_greedy_continues_the_prompt(tiny_models_dir, capsys, monkeypatch):
     import encoder
     import model
+    import checkpoint
     import sample
     monkeypatch.setattr(sys, 'stdin', io.StringIO('The quick brown fox\n'))
     interactive.interact_model(model_name='tiny', models_dir=tiny_models_dir, length=6, top_k=1)
     out = capsys.readouterr().out
     enc = encoder.get_encoder('tiny', tiny_models_dir)
-    h, p = model.load(os.path.join(tiny_models_dir, 'tiny'))
+    h, p = checkpoint.load(os.path.join(tiny_models_dir, 'tiny'))
     ctx = enc.encode('The quick brown fox')
     expected = sample.sample_sequence(hparams=h, params=p, length=6, context=[ctx], top_k=1).numpy()[0]
     assert enc.decode(expected[len(ctx):].tolist()) + '\n' in out

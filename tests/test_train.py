@@ -17,6 +17,8 @@ import cli
 import tensorflow as tf
 
 import model
+
+import checkpoint
 import train
 from conftest import TINY_HPARAMS
 
@@ -63,7 +65,7 @@ def fox(tmp_path_factory):
 
 def test_forward_is_model_model():
     h = model.default_hparams().override_from_dict(TINY_HPARAMS)
-    params = model.init_params(h, seed=3)
+    params = checkpoint.init_params(h, seed=3)
     X = np.random.default_rng(0).integers(0, h.n_vocab, size=(2, 12)).astype(np.int32)
     ref = model.model(h, X, params=params)['logits'].numpy()
     np.testing.assert_array_equal(train.forward(h, params, X).numpy(), ref)
@@ -78,7 +80,7 @@ def test_learns_repeated_text_and_greedy_samples_it(fox):
     tmp, result = fox
     assert result['losses'][0] > 10 and result['losses'][-1] < 0.05, result['losses'][::10]
     assert result['val_loss'] < 0.05
-    hparams, params = model.load(result['run_dir'])
+    hparams, params = checkpoint.load(result['run_dir'])
     enc = encoder.get_encoder('fox', str(tmp / 'ck'))
     out = sample.sample_sequence(hparams=hparams, params=params, length=18, context=[enc.encode('The quick')], top_k=1)
     text = enc.decode(out[0].numpy().tolist())
@@ -89,11 +91,11 @@ def test_learns_repeated_text_and_greedy_samples_it(fox):
 def test_checkpoint_is_openai_layout(fox):
     tmp, result = fox
     run_dir = result['run_dir']
-    hparams, params = model.load(run_dir)
+    hparams, params = checkpoint.load(run_dir)
     assert hparams == model.default_hparams().override_from_dict(TINY_HPARAMS)
     ckpt = tf.train.latest_checkpoint(run_dir)
     assert os.path.basename(ckpt) == 'model-60'
-    assert dict(tf.train.list_variables(ckpt)) == model.param_shapes(hparams)
+    assert dict(tf.train.list_variables(ckpt)) == checkpoint.param_shapes(hparams)
     assert all(tf.train.load_checkpoint(ckpt).get_variable_to_dtype_map()[k] == tf.float32 for k in params)
     for name in ('encoder.json', 'vocab.bpe'):
         assert open(os.path.join(run_dir, name), 'rb').read() == open(os.path.join(SRC, 'vocab', name), 'rb').read()
@@ -135,10 +137,10 @@ def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
     resumed = run(tmp_path, 'split', **settings)
     assert resumed['start_step'] == 3 and resumed['step'] == 6
     assert resumed['losses'] == pytest.approx(whole['losses'][3:], abs=1e-5)
-    _, a = model.load(whole['run_dir'])
-    _, b = model.load(split_dir)
+    _, a = checkpoint.load(whole['run_dir'])
+    _, b = checkpoint.load(split_dir)
     assert max_diff(a, b) < 1e-6
-    init = model.init_params(model.default_hparams().override_from_dict(TINY_HPARAMS), seed=5)
+    init = checkpoint.init_params(model.default_hparams().override_from_dict(TINY_HPARAMS), seed=5)
     assert max_diff(a, init) > 1e-3
 
 
@@ -148,8 +150,8 @@ def test_resume_without_optimizer_state_differs(tmp_path):
     run(tmp_path, 'split', **dict(settings, steps=2))
     shutil.rmtree(str(tmp_path / 'ck' / 'split' / 'train_state'))
     run(tmp_path, 'split', **settings)
-    _, a = model.load(whole['run_dir'])
-    _, b = model.load(str(tmp_path / 'ck' / 'split'))
+    _, a = checkpoint.load(whole['run_dir'])
+    _, b = checkpoint.load(str(tmp_path / 'ck' / 'split'))
     assert max_diff(a, b) > 1e-4
 
 
@@ -192,8 +194,8 @@ def test_two_replicas_update_the_weights_as_one(one_and_two_replicas):
     is not averaged correctly over replicas or micro-batches shows in the weights."""
     tmp_path, out = one_and_two_replicas
     assert out['two']['replicas'] == 2 and out['one']['replicas'] == 1
-    w = {name: model.load(str(tmp_path / 'ck' / name))[1] for name in out}
-    init = model.init_params(model.default_hparams().override_from_dict(TINY_HPARAMS), seed=0)
+    w = {name: checkpoint.load(str(tmp_path / 'ck' / name))[1] for name in out}
+    init = checkpoint.init_params(model.default_hparams().override_from_dict(TINY_HPARAMS), seed=0)
     assert max_diff(w['one'], init) > 1e-4
     assert max_diff(w['two'], w['one']) < 1e-6
     assert out['two']['losses'] == pytest.approx(out['one']['losses'], abs=1e-5)
@@ -227,16 +229,16 @@ def test_two_workers_via_tf_config_update_the_weights_as_one(one_and_two_replica
             p.kill()
     assert [p.returncode for p in procs] == [0, 0], logs
     assert all('2 replicas' in log for log in logs) and 'the chief worker saves' in logs[1]
-    _, one = model.load(str(tmp_path / 'ck' / 'one'))
-    _, two = model.load(str(tmp_path / 'ck' / 'workers'))
+    _, one = checkpoint.load(str(tmp_path / 'ck' / 'one'))
+    _, two = checkpoint.load(str(tmp_path / 'ck' / 'workers'))
     assert max_diff(two, one) < 1e-6
 
 
 def test_mixed_precision_recompute_and_frozen_embeddings_train(tmp_path):
     result = run(tmp_path, 'bf16', steps=12, precision='bfloat16', recompute=True, freeze_embeddings=True)
     assert result['losses'][-1] < result['losses'][0] - 0.3
-    hparams, after = model.load(result['run_dir'])
-    init = model.init_params(hparams, seed=0)
+    hparams, after = checkpoint.load(result['run_dir'])
+    init = checkpoint.init_params(hparams, seed=0)
     for name in ('model/wte', 'model/wpe'):
         np.testing.assert_array_equal(after[name], init[name])
     assert np.max(np.abs(after['model/h0/mlp/c_fc/w'] - init['model/h0/mlp/c_fc/w'])) > 1e-3
@@ -245,7 +247,7 @@ def test_mixed_precision_recompute_and_frozen_embeddings_train(tmp_path):
 
 def test_float16_overflow_skips_the_step_and_halves_the_loss_scale():
     h = model.default_hparams().override_from_dict(TINY_HPARAMS)
-    params = model.init_params(h, seed=0)
+    params = checkpoint.init_params(h, seed=0)
     trainer = train.Trainer(tf.distribute.get_strategy(), h, params, learning_rate=1e-2, precision='float16')
     batch = np.random.default_rng(0).integers(0, 1000, size=(1, 2, 9)).astype(np.int32)
     trainer.loss_scale.assign(2.0 ** 60)        # scaled gradients overflow float16
@@ -319,7 +321,7 @@ def test_sample_files_are_written_atomically(tmp_path, monkeypatch):
     import types
     import encoder
     h = model.default_hparams().override_from_dict(TINY_HPARAMS)
-    trainer = types.SimpleNamespace(weights=model.init_params(h, seed=0))
+    trainer = types.SimpleNamespace(weights=checkpoint.init_params(h, seed=0))
     bar = types.SimpleNamespace(write=lambda *a, **k: None)
     replaced = []
     real = os.replace
@@ -475,4 +477,4 @@ def test_cli_ctrl_c_saves_the_step_reached(tmp_path):
     step = int(m.group(1))
     run_dir = str(tmp_path / 'ck' / 'r')
     assert step >= 3 and train.latest_step(run_dir) == step and 'Traceback' not in err and 'I0000' not in err
-    model.load(run_dir)
+    checkpoint.load(run_dir)
