@@ -159,7 +159,7 @@ def make_strategy(kind='auto'):
         kind = 'multiworker'
     if kind == 'multiworker':
         if not _tf_config_cluster():
-            raise TrainError('--strategy multiworker needs TF_CONFIG naming the cluster and this task; see README')
+            raise TrainError('--strategy multiworker needs TF_CONFIG naming the cluster and this task; see docs/training.md')
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices('GPU')
     if kind == 'auto':
