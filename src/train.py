@@ -33,14 +33,15 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
 import cli   # sets TF_CPP_MIN_LOG_LEVEL and imports TensorFlow without its start-up chatter
 import numpy as np
 import tensorflow as tf
 
+import checkpoint
 import encode as encode_lib
 import encoder as encoder_lib
-import checkpoint
 import files
 import model
 
@@ -507,192 +508,17 @@ def parse_hparams(hparams):
     return model.default_hparams().override_from_dict(hparams, source='--hparams')
 
 
-def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hparams=None,
+def train(dataset=None, *, model_name='124M', models_dir='models', fresh=False, hparams=None,
           checkpoint_dir='checkpoint', run_name='run1', resume=True, steps=1000, batch_size=1, seq_len=None,
           accumulate=1, learning_rate=1e-4, warmup_steps=20, grad_clip=1.0, beta1=0.9, beta2=0.999,
           epsilon=1e-8, val_fraction=0.05, val_every=100, val_batches=8, sample_every=200, sample_length=100,
           sample_num=1, sample_top_k=40, save_every=500, precision='float32', recompute=False,
           freeze_embeddings=False, xla=False, strategy='auto', seed=0, allow_special=True, progress=True,
           on_step=None):
-    """Train; returns a summary dict.  Arguments are the CLI's flags (see main), plus
-    on_step(step, loss): called after every step (a hook for library users and tests).
-    A KeyboardInterrupt saves the run and is then raised again."""
-    # -- settings that need no TensorFlow ------------------------------------------------------
-    for name, value in dict(steps=steps, batch_size=batch_size, accumulate=accumulate, val_batches=val_batches,
-                            sample_num=sample_num).items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise TrainError(f'--{name} must be a positive integer, got {value!r}')
-    for name, value in dict(val_every=val_every, sample_every=sample_every, save_every=save_every,
-                            warmup_steps=warmup_steps, sample_length=sample_length, sample_top_k=sample_top_k).items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise TrainError(f'--{name} must be an integer >= 0 (0 turns it off), got {value!r}')
-    if precision not in PRECISIONS:
-        raise TrainError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
-    val_fraction = cli.number('val_fraction', val_fraction, 0, 1, inclusive_max=False)
-    learning_rate = cli.number('learning_rate', learning_rate, 0, inclusive_min=False)
-    grad_clip = cli.number('grad_clip', grad_clip, 0)
-    beta1 = cli.number('beta1', beta1, 0, 1, inclusive_max=False)
-    beta2 = cli.number('beta2', beta2, 0, 1, inclusive_max=False)
-    epsilon = cli.number('epsilon', epsilon, 0, inclusive_min=False)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise TrainError(f'--seed must be an integer >= 0, got {seed!r}')
-    if isinstance(dataset, (int, float)) and not isinstance(dataset, bool):
-        dataset = str(dataset)   # fire reads a file or folder named e.g. 2024 as a number
-    checkpoint_dir = os.fspath(checkpoint_dir) if isinstance(checkpoint_dir, os.PathLike) else str(checkpoint_dir)
-    if not run_name or os.sep in str(run_name) or str(run_name) in ('.', '..'):
-        raise TrainError(f'--run_name must be a plain folder name, got {run_name!r}')
-    run_dir = os.path.join(checkpoint_dir, str(run_name))
-    start_step = latest_step(run_dir) if os.path.isdir(run_dir) else None
-    if start_step is not None and not resume:
-        raise TrainError(f'{run_dir} already holds a checkpoint at step {start_step}; resume it (drop --resume=False) '
-                         'or choose a new --run_name')
-    if start_step is not None:
-        hp = checkpoint.load_hparams(run_dir)
-        source_dir = run_dir
-    elif fresh:
-        hp = parse_hparams(hparams)
-        source_dir = None
-    else:
-        if hparams is not None:
-            raise TrainError('--hparams applies to --fresh runs; a released model brings its own')
-        source_dir = checkpoint.model_path(model_name, models_dir)
-        hp = checkpoint.load_hparams(source_dir)
-    seq_len = hp['n_ctx'] if seq_len is None else seq_len
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= hp['n_ctx']:
-        raise TrainError(f'--seq_len must be an integer in [1, {hp["n_ctx"]}] (the model\'s context), got {seq_len!r}')
-
-    # -- the data (before any write, so bad data never touches a run folder) -------------------
-    tokens = load_tokens(dataset, allow_special=allow_special, progress=progress)
-    check_tokens(tokens, hp['n_vocab'], str(dataset))
-    batches = Batches(tokens, seq_len, batch_size, accumulate, val_fraction, val_batches, seed)
-
-    # -- devices and weights -------------------------------------------------------------------
-    strat = make_strategy(strategy)
-    replicas = strat.num_replicas_in_sync
-    if batch_size % replicas:
-        raise TrainError(f'--batch_size {batch_size} must be a multiple of the {replicas} replicas')
-    chief = getattr(strat.extended, 'should_checkpoint', True)
-    if start_step is not None:
-        _, params = checkpoint.load(run_dir)
-    elif fresh:
-        params = checkpoint.init_params(hp, seed=seed)
-    else:
-        _, params = checkpoint.load(source_dir)
-    if chief:
-        _check_writable(run_dir)
-    trainer = Trainer(strat, hp, params, learning_rate=learning_rate, warmup_steps=warmup_steps, grad_clip=grad_clip,
-                      beta1=beta1, beta2=beta2, epsilon=epsilon, precision=precision, recompute=recompute,
-                      freeze_embeddings=freeze_embeddings, xla=xla, seed=seed)
-    del params
-    if start_step is not None:
-        prefix = state_prefix(run_dir, start_step)
-        if os.path.exists(prefix + '.index'):
-            trainer.state.read(prefix).expect_partial()
-            if int(trainer.seed.numpy()) != seed:
-                note(f'resuming with the run\'s data seed {int(trainer.seed.numpy())} (not --seed {seed})')
-            batches.seed = int(trainer.seed.numpy())
-        else:
-            note(f'no optimizer state for step {start_step} ({prefix}.index); Adam starts from zero moments')
-        trainer.step.assign(start_step)
-        note(f'resuming {run_dir} from step {start_step}')
-    elif chief:
-        copy_vocab(source_dir, run_dir)
-    step = int(trainer.step.numpy())
-    if step >= steps:
-        note(f'{run_dir} is already at step {step} >= --steps {steps}; nothing to do')
-        return dict(run_dir=run_dir, step=step, start_step=step, losses=[], val_loss=None, replicas=replicas)
-
-    writer = tf.summary.create_file_writer(os.path.join(run_dir, 'logs')) if chief else None
-    enc = encoder_lib.get_encoder(os.path.basename(run_dir), checkpoint_dir) if chief and sample_every else None
-    tokens_per_step = batch_size * accumulate * seq_len
-    note(f'training {run_dir}: steps {step}..{steps}, {replicas} replica{"s" * (replicas > 1)}, '
-         f'{tokens_per_step} tokens per step ({batch_size} x {accumulate} x {seq_len}), {precision}'
-         f'{", recompute" if recompute else ""}{", frozen embeddings" if freeze_embeddings else ""}; '
-         f'{len(tokens):,} tokens ({batches.n_train:,} for training)')
-
-    from tqdm import tqdm
-    bar = tqdm(total=steps, initial=step, desc='training', unit='step', file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
-    losses, val_loss, speed = [], None, None
-    trainer.saved_step = start_step = step
-    try:
-        with _sigterm_as_interrupt():
-            while step < steps:
-                batch = batches.train(step)
-                t0 = time.perf_counter()
-                try:
-                    loss, norm, lr = trainer.train_step(batch)
-                except tf.errors.ResourceExhaustedError:
-                    raise TrainError(f'out of memory at --batch_size {batch_size} --seq_len {seq_len}; try '
-                                     '--recompute, --precision bfloat16, --freeze_embeddings, or a smaller '
-                                     '--batch_size with --accumulate') from None
-                dt = time.perf_counter() - t0
-                step += 1
-                if not np.isfinite(loss) and not trainer.loss_scaling:
-                    raise TrainError(f'the loss became {loss} at step {step}; nothing was saved from this point '
-                                     '(try a lower --learning_rate)')
-                losses.append(loss)
-                if step > start_step + 1:   # the first step includes compiling it
-                    speed = tokens_per_step / dt if speed is None else 0.9 * speed + 0.1 * tokens_per_step / dt
-                bar.update(1)
-                bar.set_postfix(loss=f'{loss:.3f}', tok_s=f'{speed:.0f}' if speed else '-')
-                log_scalars(writer, step, loss=loss, grad_norm=norm, learning_rate=lr,
-                            **({'tokens_per_second': speed} if speed else {}),
-                            **({'loss_scale': float(trainer.loss_scale.numpy())} if trainer.loss_scaling else {}))
-                if val_every and step % val_every == 0 and batches.val_starts is not None:
-                    val_loss = trainer.eval_loss(batches.validation())
-                    bar.write(f'step {step}: validation loss {val_loss:.4f} (training loss {loss:.4f})', file=sys.stderr)
-                    log_scalars(writer, step, val_loss=val_loss)
-                if enc is not None and step % sample_every == 0:
-                    _sample(trainer, hp, enc, run_dir, step, sample_length, sample_num, sample_top_k, seed, writer, bar)
-                if chief and save_every and step % save_every == 0:
-                    save(trainer, run_dir, hp)
-                if on_step is not None:
-                    on_step(step, loss)
-            if chief and trainer.saved_step != step:
-                save(trainer, run_dir, hp)
-    except KeyboardInterrupt:
-        bar.close()
-        step = int(trainer.step.numpy())
-        if chief and step != trainer.saved_step:
-            save(trainer, run_dir, hp)
-            note(f'interrupted at step {step}; saved {run_dir}/model-{step}')
-        else:
-            note(f'interrupted at step {step}; {run_dir} already holds it')
-        raise
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-    if batches.val_starts is not None and (val_loss is None or not val_every or step % val_every):
-        val_loss = trainer.eval_loss(batches.validation())
-    done = f'saved {run_dir}/model-{step}' if chief else f'finished step {step} (the chief worker saves)'
-    note(done + (f'; validation loss {val_loss:.4f}' if val_loss is not None else ''))
-    return dict(run_dir=run_dir, step=step, start_step=start_step, losses=losses, val_loss=val_loss,
-                replicas=replicas, tokens_per_second=speed)
-
-
-def _sample(trainer, hp, enc, run_dir, step, length, num, top_k, seed, writer, bar):
-    """Unconditional samples from the current weights, printed and kept in samples/step-<step>.txt."""
-    import sample
-    length = min(length, hp['n_ctx'] - 1)
-    out = sample.sample_sequence(hparams=hp, params=trainer.weights, length=length, start_token=enc.eot_token,
-                                 batch_size=num, top_k=top_k, seed=seed + step)
-    texts = [enc.decode(row[1:].tolist()) for row in out.numpy()]
-    text = '\n'.join(f'======== SAMPLE {i + 1} ========\n{t}' for i, t in enumerate(texts))
-    bar.write(f'step {step} samples:\n{text}', file=sys.stderr)
-    os.makedirs(os.path.join(run_dir, 'samples'), exist_ok=True)
-    files.write_atomic(os.path.join(run_dir, 'samples', f'step-{step}.txt'), text + '\n')
-    log_text(writer, step, 'samples', text)
-
-
-def main(dataset=None, model_name='124M', models_dir='models', fresh=False, hparams=None,
-         checkpoint_dir='checkpoint', run_name='run1', resume=True, steps=1000, batch_size=1, seq_len=None,
-         accumulate=1, learning_rate=1e-4, warmup_steps=20, grad_clip=1.0, beta1=0.9, beta2=0.999, epsilon=1e-8,
-         val_fraction=0.05, val_every=100, val_batches=8, sample_every=200, sample_length=100, sample_num=1,
-         sample_top_k=40, save_every=500, precision='float32', recompute=False, freeze_embeddings=False,
-         xla=False, strategy='auto', seed=0, allow_special=True, progress=True):
     """Fine-tune GPT-2 on a dataset and save OpenAI-layout checkpoints in checkpoint_dir/run_name.
+
+    Returns a summary dict (run_dir, step, start_step, losses, val_loss, replicas, tokens_per_second).
+    A KeyboardInterrupt (Ctrl-C, SIGTERM) saves the run and is then raised again.
 
     Args:
       dataset: a token file from encode.py (.npy or .npz), or text files, folders or a glob to encode now.
@@ -730,19 +556,207 @@ def main(dataset=None, model_name='124M', models_dir='models', fresh=False, hpar
       seed: seed of fresh weights, of the data order, and of the samples (an integer >= 0).
       allow_special: for text datasets: a literal '<|endoftext|>' is the document separator token.
       progress: show a progress bar.
+      on_step: (Python callers only) a function on_step(step, loss) called after every step.
     """
+    flags = check_flags(**locals())
+    run = open_run(flags)
+    batches = load_data(flags, run)      # before any write, so bad data never touches a run folder
+    trainer = make_trainer(flags, run)
+    if trainer is None:
+        return dict(run_dir=run.dir, step=run.start_step, start_step=run.start_step, losses=[], val_loss=None,
+                    replicas=run.replicas)
+    return fit(flags, run, batches, trainer)
+
+
+def check_flags(**flags):
+    """train()'s arguments, validated, as a namespace (the checks that need no TensorFlow)."""
+    f = types.SimpleNamespace(**flags)
+    for name in ('steps', 'batch_size', 'accumulate', 'val_batches', 'sample_num'):
+        value = getattr(f, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TrainError(f'--{name} must be a positive integer, got {value!r}')
+    for name in ('val_every', 'sample_every', 'save_every', 'warmup_steps', 'sample_length', 'sample_top_k'):
+        value = getattr(f, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TrainError(f'--{name} must be an integer >= 0 (0 turns it off), got {value!r}')
+    if f.precision not in PRECISIONS:
+        raise TrainError(f'--precision must be one of {", ".join(PRECISIONS)}, got {f.precision!r}')
+    f.val_fraction = cli.number('val_fraction', f.val_fraction, 0, 1, inclusive_max=False)
+    f.learning_rate = cli.number('learning_rate', f.learning_rate, 0, inclusive_min=False)
+    f.grad_clip = cli.number('grad_clip', f.grad_clip, 0)
+    f.beta1 = cli.number('beta1', f.beta1, 0, 1, inclusive_max=False)
+    f.beta2 = cli.number('beta2', f.beta2, 0, 1, inclusive_max=False)
+    f.epsilon = cli.number('epsilon', f.epsilon, 0, inclusive_min=False)
+    if isinstance(f.seed, bool) or not isinstance(f.seed, int) or f.seed < 0:
+        raise TrainError(f'--seed must be an integer >= 0, got {f.seed!r}')
+    if isinstance(f.dataset, (int, float)) and not isinstance(f.dataset, bool):
+        f.dataset = str(f.dataset)   # fire reads a file or folder named e.g. 2024 as a number
+    if f.on_step is not None and not callable(f.on_step):
+        raise TrainError('on_step is for Python callers: a function on_step(step, loss)')
+    f.checkpoint_dir = os.fspath(f.checkpoint_dir) if isinstance(f.checkpoint_dir, os.PathLike) else str(f.checkpoint_dir)
+    if not f.run_name or os.sep in str(f.run_name) or str(f.run_name) in ('.', '..'):
+        raise TrainError(f'--run_name must be a plain folder name, got {f.run_name!r}')
+    return f
+
+
+def open_run(f):
+    """Where the run lives and what it starts from: a namespace with dir, start_step (None for a new
+    run), source_dir (the model folder to start from; None for fresh weights), hparams and seq_len."""
+    run = types.SimpleNamespace(dir=os.path.join(f.checkpoint_dir, str(f.run_name)), source_dir=None)
+    run.start_step = latest_step(run.dir) if os.path.isdir(run.dir) else None
+    if run.start_step is not None and not f.resume:
+        raise TrainError(f'{run.dir} already holds a checkpoint at step {run.start_step}; resume it (drop '
+                         '--resume=False) or choose a new --run_name')
+    if run.start_step is not None:
+        run.source_dir = run.dir
+        run.hparams = checkpoint.load_hparams(run.dir)
+    elif f.fresh:
+        run.hparams = parse_hparams(f.hparams)
+    else:
+        if f.hparams is not None:
+            raise TrainError('--hparams applies to --fresh runs; a released model brings its own')
+        run.source_dir = checkpoint.model_path(f.model_name, f.models_dir)
+        run.hparams = checkpoint.load_hparams(run.source_dir)
+    n_ctx = run.hparams['n_ctx']
+    run.seq_len = n_ctx if f.seq_len is None else f.seq_len
+    if isinstance(run.seq_len, bool) or not isinstance(run.seq_len, int) or not 1 <= run.seq_len <= n_ctx:
+        raise TrainError(f'--seq_len must be an integer in [1, {n_ctx}] (the model\'s context), got {f.seq_len!r}')
+    return run
+
+
+def load_data(f, run):
+    """The token stream, checked against the model's vocabulary, as training and validation Batches."""
     try:
-        train(dataset, model_name=model_name, models_dir=models_dir, fresh=fresh, hparams=hparams,
-              checkpoint_dir=checkpoint_dir, run_name=run_name, resume=resume, steps=steps, batch_size=batch_size,
-              seq_len=seq_len, accumulate=accumulate, learning_rate=learning_rate, warmup_steps=warmup_steps,
-              grad_clip=grad_clip, beta1=beta1, beta2=beta2, epsilon=epsilon, val_fraction=val_fraction,
-              val_every=val_every, val_batches=val_batches, sample_every=sample_every, sample_length=sample_length,
-              sample_num=sample_num, sample_top_k=sample_top_k, save_every=save_every, precision=precision,
-              recompute=recompute, freeze_embeddings=freeze_embeddings, xla=xla, strategy=strategy, seed=seed,
-              allow_special=allow_special, progress=progress)
+        tokens = load_tokens(f.dataset, allow_special=f.allow_special, progress=f.progress)
     except encode_lib.EncodeError as e:
-        raise cli.UsageError(str(e)) from None
+        raise TrainError(str(e)) from None
+    check_tokens(tokens, run.hparams['n_vocab'], str(f.dataset))
+    return Batches(tokens, run.seq_len, f.batch_size, f.accumulate, f.val_fraction, f.val_batches, f.seed)
+
+
+def make_trainer(f, run):
+    """The strategy, the weights (resumed, fresh or released) and the optimizer state; the run folder is
+    prepared (vocabulary copied) for a new run.  None when the run is already at --steps."""
+    strategy = make_strategy(f.strategy)
+    run.replicas = strategy.num_replicas_in_sync
+    if f.batch_size % run.replicas:
+        raise TrainError(f'--batch_size {f.batch_size} must be a multiple of the {run.replicas} replicas')
+    run.chief = getattr(strategy.extended, 'should_checkpoint', True)
+    params = checkpoint.init_params(run.hparams, seed=f.seed) if run.source_dir is None else \
+        checkpoint.load(run.source_dir)[1]
+    if run.chief:
+        _check_writable(run.dir)
+    trainer = Trainer(strategy, run.hparams, params, learning_rate=f.learning_rate, warmup_steps=f.warmup_steps,
+                      grad_clip=f.grad_clip, beta1=f.beta1, beta2=f.beta2, epsilon=f.epsilon, precision=f.precision,
+                      recompute=f.recompute, freeze_embeddings=f.freeze_embeddings, xla=f.xla, seed=f.seed)
+    if run.start_step is not None:
+        prefix = state_prefix(run.dir, run.start_step)
+        if os.path.exists(prefix + '.index'):
+            trainer.state.read(prefix).expect_partial()
+            if int(trainer.seed.numpy()) != f.seed:
+                note(f'resuming with the run\'s data seed {int(trainer.seed.numpy())} (not --seed {f.seed})')
+        else:
+            note(f'no optimizer state for step {run.start_step} ({prefix}.index); Adam starts from zero moments')
+        trainer.step.assign(run.start_step)
+        note(f'resuming {run.dir} from step {run.start_step}')
+    elif run.chief:
+        copy_vocab(run.source_dir, run.dir)
+    step = int(trainer.step.numpy())
+    if step >= f.steps:
+        note(f'{run.dir} is already at step {step} >= --steps {f.steps}; nothing to do')
+        run.start_step = step
+        return None
+    return trainer
+
+
+def fit(f, run, batches, trainer):
+    """The training loop: steps, validation, samples and saves, until --steps; returns the summary."""
+    batches.seed = int(trainer.seed.numpy())   # a resumed run keeps its own data order
+    step = start_step = trainer.saved_step = int(trainer.step.numpy())
+    hp, run_dir, chief = run.hparams, run.dir, run.chief
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, 'logs')) if chief else None
+    enc = encoder_lib.get_encoder(os.path.basename(run_dir), f.checkpoint_dir) if chief and f.sample_every else None
+    tokens_per_step = f.batch_size * f.accumulate * run.seq_len
+    note(f'training {run_dir}: steps {step}..{f.steps}, {run.replicas} replica{"s" * (run.replicas > 1)}, '
+         f'{tokens_per_step} tokens per step ({f.batch_size} x {f.accumulate} x {run.seq_len}), {f.precision}'
+         f'{", recompute" if f.recompute else ""}{", frozen embeddings" if f.freeze_embeddings else ""}; '
+         f'{len(batches.tokens):,} tokens ({batches.n_train:,} for training)')
+
+    from tqdm import tqdm
+    bar = tqdm(total=f.steps, initial=step, desc='training', unit='step', file=sys.stderr, disable=not f.progress,
+               dynamic_ncols=True)
+    losses, val_loss, speed = [], None, None
+    try:
+        with _sigterm_as_interrupt():
+            while step < f.steps:
+                batch = batches.train(step)
+                t0 = time.perf_counter()
+                try:
+                    loss, norm, lr = trainer.train_step(batch)
+                except tf.errors.ResourceExhaustedError:
+                    raise TrainError(f'out of memory at --batch_size {f.batch_size} --seq_len {run.seq_len}; try '
+                                     '--recompute, --precision bfloat16, --freeze_embeddings, or a smaller '
+                                     '--batch_size with --accumulate') from None
+                dt = time.perf_counter() - t0
+                step += 1
+                if not np.isfinite(loss) and not trainer.loss_scaling:
+                    raise TrainError(f'the loss became {loss} at step {step}; nothing was saved from this point '
+                                     '(try a lower --learning_rate)')
+                losses.append(loss)
+                if step > start_step + 1:   # the first step includes compiling it
+                    speed = tokens_per_step / dt if speed is None else 0.9 * speed + 0.1 * tokens_per_step / dt
+                bar.update(1)
+                bar.set_postfix(loss=f'{loss:.3f}', tok_s=f'{speed:.0f}' if speed else '-')
+                log_scalars(writer, step, loss=loss, grad_norm=norm, learning_rate=lr,
+                            **({'tokens_per_second': speed} if speed else {}),
+                            **({'loss_scale': float(trainer.loss_scale.numpy())} if trainer.loss_scaling else {}))
+                if f.val_every and step % f.val_every == 0 and batches.val_starts is not None:
+                    val_loss = trainer.eval_loss(batches.validation())
+                    bar.write(f'step {step}: validation loss {val_loss:.4f} (training loss {loss:.4f})', file=sys.stderr)
+                    log_scalars(writer, step, val_loss=val_loss)
+                if enc is not None and step % f.sample_every == 0:
+                    _sample(trainer, hp, enc, run_dir, step, f.sample_length, f.sample_num, f.sample_top_k, f.seed,
+                            writer, bar)
+                if chief and f.save_every and step % f.save_every == 0:
+                    save(trainer, run_dir, hp)
+                if f.on_step is not None:
+                    f.on_step(step, loss)
+            if chief and trainer.saved_step != step:
+                save(trainer, run_dir, hp)
+    except KeyboardInterrupt:
+        bar.close()
+        step = int(trainer.step.numpy())
+        if chief and step != trainer.saved_step:
+            save(trainer, run_dir, hp)
+            note(f'interrupted at step {step}; saved {run_dir}/model-{step}')
+        else:
+            note(f'interrupted at step {step}; {run_dir} already holds it')
+        raise
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if batches.val_starts is not None and (val_loss is None or not f.val_every or step % f.val_every):
+        val_loss = trainer.eval_loss(batches.validation())
+    done = f'saved {run_dir}/model-{step}' if chief else f'finished step {step} (the chief worker saves)'
+    note(done + (f'; validation loss {val_loss:.4f}' if val_loss is not None else ''))
+    return dict(run_dir=run_dir, step=step, start_step=start_step, losses=losses, val_loss=val_loss,
+                replicas=run.replicas, tokens_per_second=speed)
+
+
+def _sample(trainer, hp, enc, run_dir, step, length, num, top_k, seed, writer, bar):
+    """Unconditional samples from the current weights, printed and kept in samples/step-<step>.txt."""
+    import sample
+    length = min(length, hp['n_ctx'] - 1)
+    out = sample.sample_sequence(hparams=hp, params=trainer.weights, length=length, start_token=enc.eot_token,
+                                 batch_size=num, top_k=top_k, seed=seed + step)
+    texts = [enc.decode(row[1:].tolist()) for row in out.numpy()]
+    text = '\n'.join(f'======== SAMPLE {i + 1} ========\n{t}' for i, t in enumerate(texts))
+    bar.write(f'step {step} samples:\n{text}', file=sys.stderr)
+    os.makedirs(os.path.join(run_dir, 'samples'), exist_ok=True)
+    files.write_atomic(os.path.join(run_dir, 'samples', f'step-{step}.txt'), text + '\n')
+    log_text(writer, step, 'samples', text)
 
 
 if __name__ == '__main__':
-    cli.run(main)
+    cli.run(train)
