@@ -159,7 +159,7 @@ def model(hparams, X, past=None, params=None, scope='model'):
     Returns {'logits': float32 [batch, seq, n_vocab], 'present': [batch, n_layer, 2, n_head, seq, head_dim]}.
     """
     if params is None:
-        raise ModelError('model(): pass params=..., from model.load(model_dir) or model.init_params(hparams)')
+        raise ModelError('model(): pass params=..., from checkpoint.load(model_dir) or checkpoint.init_params(hparams)')
     X = tf.convert_to_tensor(X)
     if not X.dtype.is_integer:
         raise ModelError(f'model(): token ids must be integers, got {X.dtype.name}')
