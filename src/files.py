@@ -42,9 +42,9 @@ def fix_hint(model_dir):
     """How to repair model_dir: download a released model again, or re-save one of your own."""
     name = os.path.basename(os.path.normpath(str(model_dir)))
     name = LEGACY_NAMES.get(name, name)
-    if name in RELEASED_MODELS:
-        return f'run: python download_model.py {name}'
-    return 'download it again (python download_model.py 124M) or re-save it (checkpoint.save, train.py)'
+    if name in RELEASED_MODELS:   # --verify: a plain rerun trusts files that an older tool wrote
+        return f'run: python download_model.py {name} --verify'
+    return 'download it again (python download_model.py 124M --verify) or re-save it (checkpoint.save, train.py)'
 
 
 def write_atomic(path, text):
