@@ -254,7 +254,7 @@ def _ordered_async(pool, tasks, allow_special, window):
 def _progress_bar(total, enabled):
     from tqdm import tqdm
     return tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc='encoding',
-                disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+                disable=None if enabled else True, file=sys.stderr, dynamic_ncols=True)   # None: only on a terminal
 
 
 def encode_to_array(inputs, **kwargs):

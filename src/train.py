@@ -17,7 +17,8 @@ A save writes train_state/state-<step>, then model-<step> (whose `checkpoint` fi
 last, atomically), then deletes the older pair, so the latest checkpoint is never half-written and
 always has its optimizer state beside it.  Rerunning the same command resumes from it; Ctrl-C (or
 SIGTERM) saves before exiting.  The batch for step s depends only on (seed, s), so a resumed run
-reproduces an uninterrupted one.
+reproduces an uninterrupted one.  While a run uses its folder it holds the lock .train.lock there
+(files.Lock): a second run on the same folder refuses, naming the first.
 
 Data parallelism uses TensorFlow's own engine: MirroredStrategy over all local GPUs when there
 are several, MultiWorkerMirroredStrategy across machines when TF_CONFIG is set.  --batch_size is
@@ -47,6 +48,7 @@ import model
 PRECISIONS = {'float32': tf.float32, 'bfloat16': tf.bfloat16, 'float16': tf.float16}
 STRATEGIES = ('auto', 'default', 'mirrored', 'multiworker')
 EOT_AS_TEXT = [27, 91, 437, 1659, 5239, 91, 29]   # '<|endoftext|>' spelled as 7 ordinary tokens
+LOCK = '.train.lock'   # in the run folder, held while a run writes it
 
 
 class TrainError(cli.UsageError):
@@ -60,6 +62,8 @@ def load_tokens(dataset, allow_special=True, progress=True):
     """The dataset as a 1-D integer array: a .npy/.npz token file from encode.py, or text to encode now."""
     if not dataset:
         raise TrainError('give the training data: --dataset data.npy (from encode.py) or text files/folders')
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = files.expand(dataset)
     if isinstance(dataset, str) and dataset.endswith(('.npy', '.npz')):
         if not os.path.isfile(dataset):
             raise TrainError(f'dataset {dataset} does not exist')
@@ -418,6 +422,21 @@ def copy_vocab(src_dir, run_dir):
             os.replace(dst + '.tmp', dst)
 
 
+def lock_run(run_dir, start_step):
+    """Hold run_dir's lock (files.Lock) for one run, refusing when another run holds it or has moved the
+    run past start_step (the step this run found) in the meantime."""
+    held = files.Lock(os.path.join(run_dir, LOCK))
+    try:
+        held.acquire()
+    except files.BusyError as e:
+        raise TrainError(f'{e}; wait for it to finish or choose another --run_name') from None
+    now = latest_step(run_dir)
+    if now != start_step:
+        held.release()
+        raise TrainError(f'another run saved {run_dir} at step {now} while this one started; run again to resume it')
+    return held
+
+
 def _check_writable(folder):
     try:
         os.makedirs(folder, exist_ok=True)
@@ -497,8 +516,8 @@ def parse_hparams(hparams):
         return model.default_hparams()
     if isinstance(hparams, str):
         try:
-            if os.path.isfile(hparams):
-                with open(hparams, encoding='utf-8') as f:
+            if os.path.isfile(files.expand(hparams)):
+                with open(files.expand(hparams), encoding='utf-8') as f:
                     hparams = json.load(f)
             else:
                 hparams = json.loads(hparams)
@@ -538,7 +557,7 @@ def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hpara
         raise TrainError(f'--seed must be an integer >= 0, got {seed!r}')
     if isinstance(dataset, (int, float)) and not isinstance(dataset, bool):
         dataset = str(dataset)   # fire reads a file or folder named e.g. 2024 as a number
-    checkpoint_dir = os.fspath(checkpoint_dir) if isinstance(checkpoint_dir, os.PathLike) else str(checkpoint_dir)
+    checkpoint_dir = files.expand(checkpoint_dir)
     if not run_name or os.sep in str(run_name) or str(run_name) in ('.', '..'):
         raise TrainError(f'--run_name must be a plain folder name, got {run_name!r}')
     run_dir = os.path.join(checkpoint_dir, str(run_name))
@@ -572,38 +591,44 @@ def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hpara
     if batch_size % replicas:
         raise TrainError(f'--batch_size {batch_size} must be a multiple of the {replicas} replicas')
     chief = getattr(strat.extended, 'should_checkpoint', True)
-    if start_step is not None:
-        _, params = checkpoint.load(run_dir)
-    elif fresh:
-        params = checkpoint.init_params(hp, seed=seed)
-    else:
-        _, params = checkpoint.load(source_dir)
     if chief:
         _check_writable(run_dir)
-    trainer = Trainer(strat, hp, params, learning_rate=learning_rate, warmup_steps=warmup_steps, grad_clip=grad_clip,
-                      beta1=beta1, beta2=beta2, epsilon=epsilon, precision=precision, recompute=recompute,
-                      freeze_embeddings=freeze_embeddings, xla=xla, seed=seed)
-    del params
-    if start_step is not None:
-        prefix = state_prefix(run_dir, start_step)
-        if os.path.exists(prefix + '.index'):
-            trainer.state.read(prefix).expect_partial()
-            if int(trainer.seed.numpy()) != seed:
-                note(f'resuming with the run\'s data seed {int(trainer.seed.numpy())} (not --seed {seed})')
-            batches.seed = int(trainer.seed.numpy())
+    run_lock = lock_run(run_dir, start_step) if chief else None   # held while this run reads and writes the folder
+    try:
+        if start_step is not None:
+            _, params = checkpoint.load(run_dir)
+        elif fresh:
+            params = checkpoint.init_params(hp, seed=seed)
         else:
-            note(f'no optimizer state for step {start_step} ({prefix}.index); Adam starts from zero moments')
-        trainer.step.assign(start_step)
-        note(f'resuming {run_dir} from step {start_step}')
-    elif chief:
-        copy_vocab(source_dir, run_dir)
-    step = int(trainer.step.numpy())
+            _, params = checkpoint.load(source_dir)
+        trainer = Trainer(strat, hp, params, learning_rate=learning_rate, warmup_steps=warmup_steps,
+                          grad_clip=grad_clip, beta1=beta1, beta2=beta2, epsilon=epsilon, precision=precision,
+                          recompute=recompute, freeze_embeddings=freeze_embeddings, xla=xla, seed=seed)
+        del params
+        if start_step is not None:
+            prefix = state_prefix(run_dir, start_step)
+            if os.path.exists(prefix + '.index'):
+                trainer.state.read(prefix).expect_partial()
+                if int(trainer.seed.numpy()) != seed:
+                    note(f'resuming with the run\'s data seed {int(trainer.seed.numpy())} (not --seed {seed})')
+                batches.seed = int(trainer.seed.numpy())
+            else:
+                note(f'no optimizer state for step {start_step} ({prefix}.index); Adam starts from zero moments')
+            trainer.step.assign(start_step)
+            note(f'resuming {run_dir} from step {start_step}')
+        elif chief:
+            copy_vocab(source_dir, run_dir)
+        step = int(trainer.step.numpy())
+    except BaseException:
+        if run_lock is not None:
+            run_lock.release()
+        raise
     if step >= steps:
+        if run_lock is not None:
+            run_lock.release()
         note(f'{run_dir} is already at step {step} >= --steps {steps}; nothing to do')
         return dict(run_dir=run_dir, step=step, start_step=step, losses=[], val_loss=None, replicas=replicas)
 
-    writer = tf.summary.create_file_writer(os.path.join(run_dir, 'logs')) if chief else None
-    enc = encoder_lib.get_encoder(os.path.basename(run_dir), checkpoint_dir) if chief and sample_every else None
     tokens_per_step = batch_size * accumulate * seq_len
     note(f'training {run_dir}: steps {step}..{steps}, {replicas} replica{"s" * (replicas > 1)}, '
          f'{tokens_per_step} tokens per step ({batch_size} x {accumulate} x {seq_len}), {precision}'
@@ -611,11 +636,13 @@ def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hpara
          f'{len(tokens):,} tokens ({batches.n_train:,} for training)')
 
     from tqdm import tqdm
-    bar = tqdm(total=steps, initial=step, desc='training', unit='step', file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
-    losses, val_loss, speed = [], None, None
+    bar = tqdm(total=steps, initial=step, desc='training', unit='step', file=sys.stderr,
+               disable=None if progress else True, dynamic_ncols=True)   # None: only on a terminal
+    losses, val_loss, speed, writer = [], None, None, None
     trainer.saved_step = start_step = step
     try:
+        writer = tf.summary.create_file_writer(os.path.join(run_dir, 'logs')) if chief else None
+        enc = encoder_lib.get_encoder(os.path.basename(run_dir), checkpoint_dir) if chief and sample_every else None
         with _sigterm_as_interrupt():
             while step < steps:
                 batch = batches.train(step)
@@ -664,6 +691,8 @@ def train(dataset, *, model_name='124M', models_dir='models', fresh=False, hpara
         bar.close()
         if writer is not None:
             writer.close()
+        if run_lock is not None:
+            run_lock.release()
     if batches.val_starts is not None and (val_loss is None or not val_every or step % val_every):
         val_loss = trainer.eval_loss(batches.validation())
     done = f'saved {run_dir}/model-{step}' if chief else f'finished step {step} (the chief worker saves)'
