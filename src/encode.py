@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+import cli   # no TensorFlow: encoding never needs it
 import encoder as encoder_lib
 import files
 
@@ -43,7 +44,7 @@ CHUNK_CHARS = 1 << 20             # text per worker task (split only where the s
 _SAFE_SPLIT = None
 
 
-class EncodeError(ValueError):
+class EncodeError(cli.UsageError):
     """An input that cannot be encoded or an output that cannot be written, with the fix."""
 
 
@@ -176,12 +177,10 @@ def get_encoder(model_name=None, models_dir='models'):
 
 
 def check_workers(workers):
-    """--workers as a positive int (None: every core), or an EncodeError."""
+    """--workers as a positive int (None: every core), or a cli.UsageError."""
     if workers is None:
         return os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise EncodeError(f'--workers must be an integer >= 1, got {workers!r}')
-    return workers
+    return cli.integer('workers', workers, minimum=1)
 
 
 def token_dtype(n_vocab):
@@ -386,35 +385,11 @@ def main(*inputs, out=None, allow_special=True, model_name=None, models_dir='mod
       text_key: the field of .jsonl objects that holds the text.
       progress: show a progress bar over input bytes.
     """
-    try:
-        stats = encode(*inputs, out=out, allow_special=allow_special, model_name=model_name,
-                       models_dir=models_dir, workers=workers, text_key=text_key, progress=progress)
-    except (EncodeError, encoder_lib.EncoderError) as e:
-        print(f'encode.py: error: {e}', file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print('\nencode.py: interrupted; nothing written', file=sys.stderr)
-        sys.exit(130)
+    stats = encode(*inputs, out=out, allow_special=allow_special, model_name=model_name,
+                   models_dir=models_dir, workers=workers, text_key=text_key, progress=progress)
     stats['allow_special'] = allow_special
-    try:
-        print(report(stats))
-    except BrokenPipeError:   # piped into e.g. `head`
-        sys.stderr.close()
-
-
-def check_flags(argv):
-    """Refuse a misspelt flag in one line (fire would run without it, then print its usage)."""
-    import inspect
-    valid = [p for p in inspect.signature(main).parameters if p != 'inputs']
-    for arg in argv:
-        name = arg[2:].split('=', 1)[0].replace('-', '_')
-        known = name in valid or name == 'help' or (name.startswith('no') and name[2:] in valid)   # --noprogress
-        if arg.startswith('--') and len(arg) > 2 and not known:
-            print(f'encode.py: error: unknown flag --{name}; valid flags: ' + ' '.join('--' + p for p in valid), file=sys.stderr)
-            sys.exit(1)
+    print(report(stats))
 
 
 if __name__ == '__main__':
-    import fire
-    check_flags(sys.argv[1:])
-    fire.Fire(main)
+    cli.run(main)

@@ -51,7 +51,8 @@ import re
 import stat
 import sys
 
-import cli  # first: it imports TensorFlow without its start-up log lines
+import cli
+cli.import_tensorflow_quietly()   # before model, sample, ...: TensorFlow without its start-up noise
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm

@@ -35,7 +35,8 @@ import tempfile
 import threading
 import time
 
-import cli   # sets TF_CPP_MIN_LOG_LEVEL and imports TensorFlow without its start-up chatter
+import cli
+cli.import_tensorflow_quietly()   # before model, sample, ...: TensorFlow without its start-up noise
 import numpy as np
 import tensorflow as tf
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
+import cli
 import encode
 import encoder
 
@@ -161,7 +162,7 @@ def test_numeric_names_and_bad_workers(tmp_path, monkeypatch):
         encode.encode(2024, out=5, progress=False)
     assert encode.encode(2024, out='x.npy', progress=False)['tokens'] == 1
     for workers in ('abc', 0, -1, 2.5, True):
-        with pytest.raises(encode.EncodeError, match=f'--workers must be an integer >= 1, got {workers!r}'):
+        with pytest.raises(cli.UsageError, match=f'--workers must be an integer >= 1, got {workers!r}'):
             encode.encode(2024, out='y.npy', workers=workers, progress=False)
     assert not os.path.exists('y.npy')
 
