@@ -49,15 +49,25 @@ class EncodeError(cli.UsageError):
 
 
 def find_files(inputs):
-    """Expand files, folders (recursive *.txt, *.jsonl) and globs into a sorted, de-duplicated list."""
+    """Expand files, folders (recursive *.txt, *.jsonl) and globs into a sorted, de-duplicated list.
+
+    Inside folders, hidden files and folders (names starting with '.', e.g. .git, .ipynb_checkpoints)
+    are skipped, as globs skip them.  Returns (paths, {'hidden_files': n, 'hidden_folders': m}).
+    """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     found = []
+    hidden = collections.Counter(hidden_files=0, hidden_folders=0)
     for item in inputs:
-        item = os.fspath(item) if isinstance(item, os.PathLike) else str(item)   # fire reads `2024` as an int
+        item = files.expand(item)   # also fire's ints: it reads `2024` as a number
         if os.path.isdir(item):
-            matches = [os.path.join(root, f) for root, _, files in os.walk(item) for f in files
-                       if f.endswith(TEXT_EXTENSIONS) and not f.startswith('.')]
+            matches = []
+            for root, folders, names in os.walk(item):
+                hidden['hidden_folders'] += sum(d.startswith('.') for d in folders)
+                folders[:] = [d for d in folders if not d.startswith('.')]
+                texts = [f for f in names if f.endswith(TEXT_EXTENSIONS)]
+                hidden['hidden_files'] += sum(f.startswith('.') for f in texts)
+                matches += [os.path.join(root, f) for f in texts if not f.startswith('.')]
             if not matches:
                 raise EncodeError(f'folder {item} holds no {" or ".join(TEXT_EXTENSIONS)} files')
         elif os.path.isfile(item):
@@ -74,7 +84,7 @@ def find_files(inputs):
     unique = {}
     for path in found:  # a file named twice (e.g. itself and through its folder) is read once
         unique.setdefault(os.path.realpath(path), path)
-    return list(unique.values())
+    return list(unique.values()), dict(hidden)
 
 
 def read_documents(path, text_key='text'):
@@ -195,12 +205,12 @@ def encode_stream(inputs, allow_special=True, model_name=None, models_dir='model
     processes (default: every core) when the inputs hold at least PARALLEL_MIN_BYTES.
     """
     workers = check_workers(workers)
-    paths = find_files(inputs)
+    paths, hidden = find_files(inputs)
     total_bytes = sum(os.path.getsize(p) for p in paths)
     enc = get_encoder(model_name, models_dir)
     eot = np.asarray([enc.eot_token], token_dtype(enc.n_vocab))
     stats = collections.Counter(files=0, documents=0, empty=0, special=0, tokens=0)
-    stats['bytes'] = total_bytes
+    stats.update(hidden, bytes=total_bytes)
     stats['processes'] = workers if workers > 1 and total_bytes >= PARALLEL_MIN_BYTES else 1
     bar = _progress_bar(total_bytes, progress)
     tasks = _tasks(paths, text_key, chunk_chars, stats)
@@ -290,7 +300,7 @@ def encode(*inputs, out=None, allow_special=True, model_name=None, models_dir='m
     """
     if out is None or out == '':
         raise EncodeError('give the output file: --out data.npy (or data.npz)')
-    out = os.fspath(out) if isinstance(out, os.PathLike) else str(out)   # fire reads `--out 5` as an int
+    out = files.expand(out)   # also fire's ints: it reads `--out 5` as a number
     if not out.endswith(('.npy', '.npz')):
         raise EncodeError(f'--out must end in .npy or .npz, got {out}')
     folder = os.path.dirname(os.path.abspath(out))
@@ -362,6 +372,11 @@ def report(stats):
              f"on {s['processes']} process{'es' if s['processes'] > 1 else ''}"]
     if s['empty']:
         lines.append(f"skipped {_count(s['empty'], 'empty document')}")
+    if s.get('hidden_files') or s.get('hidden_folders'):
+        parts = [_count(s[k], noun) for k, noun in (('hidden_folders', 'hidden folder'), ('hidden_files', 'hidden text file'))
+                 if s[k]]
+        lines.append(f"skipped {' and '.join(parts)} inside the input folders (names starting with '.'; "
+                     "name them to include them)")
     if s['special']:
         lines.append(f"found {s['special']:,} literal '<|endoftext|>' in the text: "
                      + ('encoded as the special token 50256 (--allow_special=False keeps them as text)'

@@ -90,3 +90,25 @@ def test_a_sampling_run_shows_no_startup_line_whatever_the_log_level(tiny_models
     assert result.returncode == 0, result.stderr
     shown = {strip_prefix(line) for line in result.stderr.splitlines()}
     assert not shown & raw, result.stderr
+
+
+def test_eval_expands_paths_and_draws_its_bar_only_on_a_terminal(tiny_models_dir, tmp_path, monkeypatch, capsys):
+    import io
+    import eval as eval_lib
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setenv('GPT2_TEST_MODELS', tiny_models_dir)
+    (tmp_path / 'text.txt').write_text('The quick brown fox jumps over the lazy dog.\n')
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, 'stderr', stream)
+        eval_lib.perplexity_command(data='~/text.txt', model_name='tiny', models_dir='$GPT2_TEST_MODELS',
+                                    json_out='~/result.json', progress=True)
+        assert ('tok/s' in stream.getvalue()) == drawn, stream.getvalue()
+        assert json.loads((tmp_path / 'result.json').read_text())['tokens'] > 0
+        (tmp_path / 'result.json').unlink()
+    out = capsys.readouterr().out
+    assert out.count('perplexity per token') == 2 and f'data={tmp_path / "text.txt"},' in out

@@ -64,3 +64,11 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     holder.wait(timeout=10)
     assert os.path.exists(path)   # left behind
     files.Lock(path).acquire().release()
+
+
+def test_model_dir_expands_home_and_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setenv('GPT2_TEST_DIR', str(tmp_path))
+    (tmp_path / 'models' / '124M').mkdir(parents=True)
+    expected = os.path.join(str(tmp_path), 'models', '124M')
+    assert files.model_dir('124M', '~/models') == expected == files.model_dir('117M', '$GPT2_TEST_DIR/models')
