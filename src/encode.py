@@ -373,8 +373,8 @@ def report(stats):
     if s['empty']:
         lines.append(f"skipped {_count(s['empty'], 'empty document')}")
     if s.get('hidden_files') or s.get('hidden_folders'):
-        parts = [_count(s[k], noun) for k, noun in (('hidden_folders', 'hidden folder'), ('hidden_files', 'hidden text file'))
-                 if s[k]]
+        parts = [_count(s[k], noun) for k, noun in (('hidden_folders', 'hidden folder'),
+                                                    ('hidden_files', 'hidden text file')) if s[k]]
         lines.append(f"skipped {' and '.join(parts)} inside the input folders (names starting with '.'; "
                      "name them to include them)")
     if s['special']:

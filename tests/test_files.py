@@ -54,8 +54,8 @@ def test_a_waiting_lock_is_told_who_holds_it_and_gets_it_after_release(tmp_path)
 
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     path = str(tmp_path / '.lock')
-    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time, files; held = files.Lock(sys.argv[1]).acquire(); '
-                               'print("held", flush=True); time.sleep(60)', path],
+    code = 'import sys, time, files; held = files.Lock(sys.argv[1]).acquire(); print("held", flush=True); time.sleep(60)'
+    holder = subprocess.Popen([sys.executable, '-c', code, path],
                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=SRC))
     assert holder.stdout.readline() == 'held\n'
     with pytest.raises(files.BusyError, match=f'process {holder.pid} '):
