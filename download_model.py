@@ -32,6 +32,7 @@ its own copy of the model names (src/files.py), of the path expansion
 
 import argparse
 import email.utils
+import errno
 import hashlib
 import ipaddress
 import json
@@ -48,7 +49,7 @@ from tqdm import tqdm
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2"
 BASE_URL_ENV = "GPT2_BASE_URL"
-MODEL_NAMES = ("124M", "355M", "774M", "1558M")
+MODEL_NAMES = ("124M", "355M", "774M", "1558M")  # a copy of files.RELEASED_MODELS: this script runs alone
 LEGACY_NAMES = {"117M": "124M", "345M": "355M"}
 FILENAMES = (
     "checkpoint",
@@ -587,7 +588,12 @@ class _Lock:
 
     def __enter__(self):
         while True:
-            f = open(self.path, "a+")
+            try:
+                f = open(self.path, "a+")
+            except (PermissionError, OSError) as exc:
+                if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+                    return self  # a read-only folder: nobody can write it, there is nothing to exclude
+                raise
             if not _try_lock(f):
                 f.seek(0)
                 holder = f.read().strip() or "another process"
@@ -605,6 +611,8 @@ class _Lock:
         return self
 
     def __exit__(self, *exc):
+        if self.file is None:
+            return
         try:
             os.remove(self.path)  # while still held: a waiting run then finds a deleted file and retries
         except OSError:

@@ -70,7 +70,11 @@ def import_tensorflow_quietly():
         return
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:   # no stderr to filter
+        import tensorflow  # noqa: F401
+        return
     read_end, write_end = os.pipe()
     try:
         filter_process = subprocess.Popen([sys.executable, '-I', '-S', '-c', _FILTER, *TF_NOISE, TF_NO_DRIVER_NOISE],

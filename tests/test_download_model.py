@@ -955,3 +955,20 @@ def test_models_dir_expands_home_and_variables(server, tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr
     assert_model(tmp_path)
     assert not (Path.cwd() / "~").exists() and not (Path.cwd() / "$GPT2_TEST_DIR").exists()
+
+
+def test_a_complete_model_in_a_read_only_folder_is_still_reported_complete(server, tmp_path, capsys, monkeypatch):
+    fetch(server, tmp_path)
+
+    def read_only(path, mode="r", *args, **kwargs):  # (chmod would not stop root, who runs some CI)
+        if mode != "r" and "rb" not in mode:
+            raise PermissionError(13, "Permission denied", path)
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(dm, "open", read_only, raising=False)
+    server.log.clear()
+    fetch(server, tmp_path, quiet=False)
+    assert server.log == [] and "124M is already complete" in capsys.readouterr().err
+    (tmp_path / "models/124M/hparams.json").unlink()
+    with pytest.raises(PermissionError):  # and a repair that must write says so
+        fetch(server, tmp_path)
