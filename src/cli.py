@@ -1,40 +1,101 @@
-"""What every command-line script shares: fire for flags, and one clear line instead of a traceback."""
+"""What every command-line script shares: fire for flags, one clear line instead of a traceback, and
+TensorFlow's import without its start-up noise.  Importing cli does not import TensorFlow: each script
+that uses TensorFlow calls import_tensorflow_quietly() before importing model, sample, checkpoint, ..."""
 import inspect
 import math
 import os
+import subprocess
 import sys
-import tempfile
 
-_VERBOSE = 'TF_CPP_MIN_LOG_LEVEL' in os.environ   # a user who set it wants TensorFlow's own logging
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import files
+
+# Lines TensorFlow's C++ core writes on every start, healthy or not, before its log level applies.
+TF_NOISE = (
+    r'^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$',
+    r'cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use available CPU instructions',
+    r'^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$',
+    r'oneDNN custom operations are on\. You may see slightly different numerical results',
+    r'cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\.$',
+    r'Unable to register (cuDNN|cuFFT|cuBLAS) factory: Attempting to register factory for plugin',
+    r'computation placer already registered\. Please check linkage',
+    r'TF-TRT Warning: Could not find TensorRT$',
+    r'successful NUMA node read from SysFS had negative value',
+)
+# On a machine without CUDA drivers (the line above), device discovery then also logs this error.
+TF_NO_DRIVER_NOISE = r'failed call to cuInit: '
+
+# The filter process: copies its stdin to its stdout line by line, leaving out the noise.  A process of
+# its own, so that it still passes on every line when TensorFlow kills ours (an abort in C++).
+_FILTER = r'''
+import os, re, sys
+noise = re.compile("|".join(sys.argv[1:-1]).encode())
+no_driver_noise = re.compile(sys.argv[-1].encode())
+no_driver = False
+
+def emit(line):
+    global no_driver
+    text = line.rstrip(b"\r\n")
+    if noise.search(text):
+        no_driver = no_driver or b"Could not find cuda drivers" in text
+    elif not (no_driver and no_driver_noise.search(text)):
+        while line:
+            line = line[os.write(1, line):]
+
+rest = b""
+while True:
+    chunk = os.read(0, 1 << 16)
+    if not chunk:
+        break
+    *lines, rest = (rest + chunk).split(b"\n")
+    for line in lines:
+        emit(line + b"\n")
+if rest:
+    emit(rest)
+'''
 
 
 def import_tensorflow_quietly():
-    """Import TensorFlow without the lines its C++ core writes to stderr at start-up (absl notices,
-    'Could not find cuda drivers' on CPU machines), which TF_CPP_MIN_LOG_LEVEL no longer silences.
-    They are shown after all if the import fails, and always when TF_CPP_MIN_LOG_LEVEL was set."""
-    if _VERBOSE or 'tensorflow' in sys.modules:
+    """Import TensorFlow without the lines its C++ core writes at every start-up (absl and CPU-feature
+    notices, 'Could not find cuda drivers' on machines without a GPU), which TF_CPP_MIN_LOG_LEVEL does
+    not silence; every other line it writes is shown, also when it then kills the process.
+
+    Stderr passes through a filter process during the import.  TF_CPP_MIN_LOG_LEVEL defaults to 2, and
+    2 or 3 filter too; set it to 0 (or 1) to see everything TensorFlow says.  Call it at the top of a
+    script, before importing model, sample, checkpoint, ... (which import TensorFlow themselves).
+    """
+    if 'tensorflow' in sys.modules:
         return
+    if os.environ.get('TF_CPP_MIN_LOG_LEVEL', '').strip() in ('0', '1') or os.name == 'nt':
+        import tensorflow  # noqa: F401  (asked for everything; or Windows, where fd 2 is not redirected)
+        return
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            import tensorflow as tf
-            # Device discovery logs too; unlike running an op, it leaves the runtime unconfigured, so
-            # tf.distribute and logical devices can still be set up afterwards.
-            tf.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved, 2)
-            log.seek(0)
-            sys.stderr.write(log.read().decode('utf-8', 'replace'))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-import_tensorflow_quietly()
+    try:
+        saved = os.dup(2)
+    except OSError:   # no stderr to filter
+        import tensorflow  # noqa: F401
+        return
+    read_end, write_end = os.pipe()
+    try:
+        filter_process = subprocess.Popen([sys.executable, '-I', '-S', '-c', _FILTER, *TF_NOISE, TF_NO_DRIVER_NOISE],
+                                          stdin=read_end, stdout=saved, stderr=saved)
+    except OSError:   # no interpreter to start (an embedded Python): import without the filter
+        filter_process = None
+    os.close(read_end)
+    if filter_process is not None:
+        os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        import tensorflow as tf
+        # Device discovery logs too; unlike running an op, it leaves the runtime unconfigured, so
+        # tf.distribute and logical devices can still be set up afterwards.
+        tf.config.list_physical_devices()
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)   # closes our last copy of the pipe: the filter drains it and ends
+        os.close(saved)
+        if filter_process is not None:
+            filter_process.wait()
 
 
 class UsageError(ValueError):
@@ -42,11 +103,15 @@ class UsageError(ValueError):
 
 
 def user_errors():
-    """The exception types that mean 'the user asked for something impossible', not a bug."""
-    import model
-    import sample
-    import encoder
-    return (UsageError, model.ModelError, sample.SampleError, encoder.EncoderError)
+    """The exception types that mean 'the user asked for something impossible', not a bug: cli's and
+    files', and those of the project's modules that this process has imported (a script that never
+    imported model cannot raise model.ModelError; importing it here would import TensorFlow)."""
+    errors = [UsageError, files.ModelFolderError, files.BusyError]
+    for module, name in (('model', 'ModelError'), ('sample', 'SampleError'), ('encoder', 'EncoderError')):
+        error = getattr(sys.modules.get(module), name, None)
+        if isinstance(error, type) and issubclass(error, Exception):
+            errors.append(error)
+    return tuple(errors)
 
 
 def check_flags(fn, argv):
@@ -60,6 +125,7 @@ def check_flags(fn, argv):
             raise UsageError(f'unknown command {argv[0]!r}; choose one of {", ".join(fn)}')
         fn, argv = fn[argv[0]], argv[1:]
     params = inspect.signature(fn).parameters
+    flags = [p for p, v in params.items() if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
     positional = 0
     for arg in argv:
         if arg == '--':
@@ -68,15 +134,15 @@ def check_flags(fn, argv):
             positional += 1
         if arg.startswith('--') and len(arg) > 2:
             name = arg[2:].split('=', 1)[0].replace('-', '_')
-            negated = name.startswith('no') and name[2:] in params   # fire's --noflag for booleans
-            if name not in params and not negated and name not in ('help', 'helpfull'):
-                raise UsageError(f'unknown flag --{name}; valid flags: '
-                                 + ' '.join('--' + p for p in params))
+            negated = name.startswith('no') and name[2:] in flags   # fire's --noflag for booleans
+            if name not in flags and not negated and name not in ('help', 'helpfull'):
+                raise UsageError(f'unknown flag --{name}; valid flags: ' + ' '.join('--' + p for p in flags))
     flags_with_values = sum(1 for a in argv if a.startswith('--') and '=' not in a and len(a) > 2)
     takes_positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params.values())
-    if positional > takes_positional + flags_with_values:
+    takes_any = any(p.kind == p.VAR_POSITIONAL for p in params.values())
+    if positional > takes_positional + flags_with_values and not takes_any:
         raise UsageError(f'too many arguments ({positional} without a --flag); valid flags: '
-                         + ' '.join('--' + p for p in params))
+                         + ' '.join('--' + p for p in flags))
 
 
 def integer(name, value, minimum=None, allow_none=False):
@@ -138,8 +204,8 @@ def main(fn, argv=None, name=None, errors=()):
         print(f'{name}: error: out of memory; lower --batch_size or the sequence length', file=sys.stderr)
         return 1
     except Exception as e:
-        import tensorflow as tf
-        if isinstance(e, tf.errors.ResourceExhaustedError):
+        tf = sys.modules.get('tensorflow')   # only a script that imported TensorFlow can run out of its memory
+        if tf is not None and isinstance(e, tf.errors.ResourceExhaustedError):
             print(f'{name}: error: out of memory; lower --batch_size or the sequence length', file=sys.stderr)
             return 1
         raise

@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+import cli   # no TensorFlow: encoding never needs it
 import encoder as encoder_lib
 import files
 
@@ -43,20 +44,30 @@ CHUNK_CHARS = 1 << 20             # text per worker task (split only where the s
 _SAFE_SPLIT = None
 
 
-class EncodeError(ValueError):
+class EncodeError(cli.UsageError):
     """An input that cannot be encoded or an output that cannot be written, with the fix."""
 
 
 def find_files(inputs):
-    """Expand files, folders (recursive *.txt, *.jsonl) and globs into a sorted, de-duplicated list."""
+    """Expand files, folders (recursive *.txt, *.jsonl) and globs into a sorted, de-duplicated list.
+
+    Inside folders, hidden files and folders (names starting with '.', e.g. .git, .ipynb_checkpoints)
+    are skipped, as globs skip them.  Returns (paths, {'hidden_files': n, 'hidden_folders': m}).
+    """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     found = []
+    hidden = collections.Counter(hidden_files=0, hidden_folders=0)
     for item in inputs:
-        item = os.fspath(item) if isinstance(item, os.PathLike) else str(item)   # fire reads `2024` as an int
+        item = files.expand(item)   # also fire's ints: it reads `2024` as a number
         if os.path.isdir(item):
-            matches = [os.path.join(root, f) for root, _, files in os.walk(item) for f in files
-                       if f.endswith(TEXT_EXTENSIONS) and not f.startswith('.')]
+            matches = []
+            for root, folders, names in os.walk(item):
+                hidden['hidden_folders'] += sum(d.startswith('.') for d in folders)
+                folders[:] = [d for d in folders if not d.startswith('.')]
+                texts = [f for f in names if f.endswith(TEXT_EXTENSIONS)]
+                hidden['hidden_files'] += sum(f.startswith('.') for f in texts)
+                matches += [os.path.join(root, f) for f in texts if not f.startswith('.')]
             if not matches:
                 raise EncodeError(f'folder {item} holds no {" or ".join(TEXT_EXTENSIONS)} files')
         elif os.path.isfile(item):
@@ -73,7 +84,7 @@ def find_files(inputs):
     unique = {}
     for path in found:  # a file named twice (e.g. itself and through its folder) is read once
         unique.setdefault(os.path.realpath(path), path)
-    return list(unique.values())
+    return list(unique.values()), dict(hidden)
 
 
 def read_documents(path, text_key='text'):
@@ -176,12 +187,10 @@ def get_encoder(model_name=None, models_dir='models'):
 
 
 def check_workers(workers):
-    """--workers as a positive int (None: every core), or an EncodeError."""
+    """--workers as a positive int (None: every core), or a cli.UsageError."""
     if workers is None:
         return os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise EncodeError(f'--workers must be an integer >= 1, got {workers!r}')
-    return workers
+    return cli.integer('workers', workers, minimum=1)
 
 
 def token_dtype(n_vocab):
@@ -196,12 +205,12 @@ def encode_stream(inputs, allow_special=True, model_name=None, models_dir='model
     processes (default: every core) when the inputs hold at least PARALLEL_MIN_BYTES.
     """
     workers = check_workers(workers)
-    paths = find_files(inputs)
+    paths, hidden = find_files(inputs)
     total_bytes = sum(os.path.getsize(p) for p in paths)
     enc = get_encoder(model_name, models_dir)
     eot = np.asarray([enc.eot_token], token_dtype(enc.n_vocab))
     stats = collections.Counter(files=0, documents=0, empty=0, special=0, tokens=0)
-    stats['bytes'] = total_bytes
+    stats.update(hidden, bytes=total_bytes)
     stats['processes'] = workers if workers > 1 and total_bytes >= PARALLEL_MIN_BYTES else 1
     bar = _progress_bar(total_bytes, progress)
     tasks = _tasks(paths, text_key, chunk_chars, stats)
@@ -254,7 +263,7 @@ def _ordered_async(pool, tasks, allow_special, window):
 def _progress_bar(total, enabled):
     from tqdm import tqdm
     return tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc='encoding',
-                disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+                disable=None if enabled else True, file=sys.stderr, dynamic_ncols=True)   # None: only on a terminal
 
 
 def encode_to_array(inputs, **kwargs):
@@ -291,7 +300,7 @@ def encode(*inputs, out=None, allow_special=True, model_name=None, models_dir='m
     """
     if out is None or out == '':
         raise EncodeError('give the output file: --out data.npy (or data.npz)')
-    out = os.fspath(out) if isinstance(out, os.PathLike) else str(out)   # fire reads `--out 5` as an int
+    out = files.expand(out)   # also fire's ints: it reads `--out 5` as a number
     if not out.endswith(('.npy', '.npz')):
         raise EncodeError(f'--out must end in .npy or .npz, got {out}')
     folder = os.path.dirname(os.path.abspath(out))
@@ -363,6 +372,11 @@ def report(stats):
              f"on {s['processes']} process{'es' if s['processes'] > 1 else ''}"]
     if s['empty']:
         lines.append(f"skipped {_count(s['empty'], 'empty document')}")
+    if s.get('hidden_files') or s.get('hidden_folders'):
+        parts = [_count(s[k], noun) for k, noun in (('hidden_folders', 'hidden folder'),
+                                                    ('hidden_files', 'hidden text file')) if s[k]]
+        lines.append(f"skipped {' and '.join(parts)} inside the input folders (names starting with '.'; "
+                     "name them to include them)")
     if s['special']:
         lines.append(f"found {s['special']:,} literal '<|endoftext|>' in the text: "
                      + ('encoded as the special token 50256 (--allow_special=False keeps them as text)'
@@ -386,35 +400,11 @@ def main(*inputs, out=None, allow_special=True, model_name=None, models_dir='mod
       text_key: the field of .jsonl objects that holds the text.
       progress: show a progress bar over input bytes.
     """
-    try:
-        stats = encode(*inputs, out=out, allow_special=allow_special, model_name=model_name,
-                       models_dir=models_dir, workers=workers, text_key=text_key, progress=progress)
-    except (EncodeError, encoder_lib.EncoderError) as e:
-        print(f'encode.py: error: {e}', file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print('\nencode.py: interrupted; nothing written', file=sys.stderr)
-        sys.exit(130)
+    stats = encode(*inputs, out=out, allow_special=allow_special, model_name=model_name,
+                   models_dir=models_dir, workers=workers, text_key=text_key, progress=progress)
     stats['allow_special'] = allow_special
-    try:
-        print(report(stats))
-    except BrokenPipeError:   # piped into e.g. `head`
-        sys.stderr.close()
-
-
-def check_flags(argv):
-    """Refuse a misspelt flag in one line (fire would run without it, then print its usage)."""
-    import inspect
-    valid = [p for p in inspect.signature(main).parameters if p != 'inputs']
-    for arg in argv:
-        name = arg[2:].split('=', 1)[0].replace('-', '_')
-        known = name in valid or name == 'help' or (name.startswith('no') and name[2:] in valid)   # --noprogress
-        if arg.startswith('--') and len(arg) > 2 and not known:
-            print(f'encode.py: error: unknown flag --{name}; valid flags: ' + ' '.join('--' + p for p in valid), file=sys.stderr)
-            sys.exit(1)
+    print(report(stats))
 
 
 if __name__ == '__main__':
-    import fire
-    check_flags(sys.argv[1:])
-    fire.Fire(main)
+    cli.run(main)

@@ -20,6 +20,8 @@ import os
 
 import regex
 
+import files
+
 try:
     import tiktoken
 except ImportError:  # the pure-Python engine works without it
@@ -384,7 +386,7 @@ def get_encoder(model_name, models_dir='models', errors='replace', engine='auto'
     in src/vocab is used (all GPT-2 sizes share one vocabulary).
     """
     folder = os.path.join(models_dir, model_name)
-    fix = f"run: python download_model.py {model_name}"
+    fix = files.fix_hint(folder)
     present = [n for n in ('encoder.json', 'vocab.bpe') if os.path.isfile(os.path.join(folder, n))]
     if not present:
         log.debug("%s has no vocabulary files; using %s", folder, VOCAB_DIR)

@@ -51,7 +51,8 @@ import re
 import stat
 import sys
 
-import cli  # first: it imports TensorFlow without its start-up log lines
+import cli
+cli.import_tensorflow_quietly()   # before model, sample, ...: TensorFlow without its start-up noise
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
@@ -509,7 +510,7 @@ def check_json_out(path):
     """Refuse a --json_out that could not be written, before any scoring: one line with the reason."""
     if isinstance(path, bool) or not str(path):
         raise EvalError('--json_out needs a file name: --json_out PATH')
-    path = str(path)
+    path = files.expand(path)
     if os.path.isdir(path):
         raise EvalError(f'--json_out {path} is a directory; name a file in it, e.g. {os.path.join(path, "result.json")}')
     if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
@@ -541,7 +542,7 @@ def _load(model_name, models_dir):
 def _data_path(data):
     if data is None or isinstance(data, bool):
         raise EvalError('pass the file to score: --data PATH')
-    path = str(data)
+    path = files.expand(data)
     if not os.path.isfile(path):
         raise EvalError(f'data file {path} does not exist')
     return path

@@ -1,6 +1,9 @@
 """What the scripts share about files, without importing TensorFlow: model names and folders, user
-paths, atomic writes."""
+paths, atomic writes, locks."""
 import os
+import socket
+import sys
+import time
 
 RELEASED_MODELS = ('124M', '355M', '774M', '1558M')
 LEGACY_NAMES = {'117M': '124M', '345M': '355M'}   # the names OpenAI first gave 124M and 355M
@@ -42,9 +45,9 @@ def fix_hint(model_dir):
     """How to repair model_dir: download a released model again, or re-save one of your own."""
     name = os.path.basename(os.path.normpath(str(model_dir)))
     name = LEGACY_NAMES.get(name, name)
-    if name in RELEASED_MODELS:
-        return f'run: python download_model.py {name}'
-    return 'download it again (python download_model.py 124M) or re-save it (checkpoint.save, train.py)'
+    if name in RELEASED_MODELS:   # --verify: a plain rerun trusts files that an older tool wrote
+        return f'run: python download_model.py {name} --verify'
+    return 'download it again (python download_model.py 124M --verify) or re-save it (checkpoint.save, train.py)'
 
 
 def write_atomic(path, text):
@@ -61,3 +64,105 @@ def write_atomic(path, text):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class BusyError(RuntimeError):
+    """A lock that another process holds; the message names that process."""
+
+
+class Lock:
+    """An advisory lock on the file at path, for one process writing a folder at a time.
+
+    acquire(wait=False) raises BusyError naming the holder; wait=True blocks, first calling
+    on_wait(holder).  The system releases the lock when its process ends, however it ends, so a
+    killed run never blocks the next; the file itself is deleted on release.  fcntl.flock on POSIX
+    (on NFS, Linux maps it to a lock the server sees), msvcrt.locking on Windows.
+    """
+
+    def __init__(self, path):
+        self.path, self.file = path, None
+
+    def acquire(self, wait=False, on_wait=None):
+        while True:
+            f = open(self.path, 'a+', encoding='utf-8')
+            try:
+                if not _try_lock(f):
+                    f.seek(0)
+                    holder = f.read().strip() or 'another process'
+                    if not wait:
+                        raise BusyError(f'{os.path.dirname(self.path) or "."} is in use by {holder}')
+                    if on_wait is not None:
+                        on_wait(holder)
+                    _wait_lock(f)
+            except BaseException:
+                f.close()
+                raise
+            if _same_file(f, self.path):   # not a file that its last holder deleted meanwhile
+                break
+            f.close()
+        f.seek(0)
+        f.truncate()
+        f.write(f'process {os.getpid()} ({os.path.basename(sys.argv[0]) or "python"}) on {socket.gethostname()} '
+                f'since {time.strftime("%Y-%m-%d %H:%M:%S")}')
+        f.flush()
+        self.file = f
+        return self
+
+    def release(self):
+        if self.file is None:
+            return
+        try:
+            os.remove(self.path)   # while still held: a run waiting on this file then tries again
+        except OSError:
+            pass
+        _unlock(self.file)
+        self.file.close()
+        self.file = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _same_file(f, path):
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except OSError:
+        return False
+
+
+if os.name == 'nt':
+    import msvcrt
+
+    def _try_lock(f, mode=msvcrt.LK_NBLCK):
+        f.seek(1 << 30)   # a byte far past the text, so the holder's name stays readable
+        try:
+            msvcrt.locking(f.fileno(), mode, 1)
+            return True
+        except OSError:
+            return False
+
+    def _wait_lock(f):
+        while not _try_lock(f):
+            time.sleep(0.5)
+
+    def _unlock(f):
+        f.seek(1 << 30)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _try_lock(f):
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _wait_lock(f):
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+    def _unlock(f):
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)

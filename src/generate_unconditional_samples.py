@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Print unconditional GPT-2 samples: text that starts from <|endoftext|>, with no prompt."""
 import cli
+cli.import_tensorflow_quietly()   # before model, sample, ...: TensorFlow without its start-up noise
 import sample
 from interactive_conditional_samples import FLAGS_DOC, check_flags, load_model, print_samples
 

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 
 import cli
+cli.import_tensorflow_quietly()   # before model, sample, ...: TensorFlow without its start-up noise
 import encoder
 import model
 import checkpoint

@@ -4,10 +4,6 @@
 ``model/h0/attn/c_attn/w`` [1, nx, 3nx], ...), with the shapes OpenAI published, so a
 released checkpoint is read and written name for name, with no conversion step.
 """
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter off users' terminals
-
 import numpy as np
 import tensorflow as tf
 

@@ -17,7 +17,8 @@ A save writes train_state/state-<step>, then model-<step> (whose `checkpoint` fi
 last, atomically), then deletes the older pair, so the latest checkpoint is never half-written and
 always has its optimizer state beside it.  Rerunning the same command resumes from it; Ctrl-C (or
 SIGTERM) saves before exiting.  The batch for step s depends only on (seed, s), so a resumed run
-reproduces an uninterrupted one.
+reproduces an uninterrupted one.  While a run uses its folder it holds the lock .train.lock there
+(files.Lock): a second run on the same folder refuses, naming the first.
 
 Data parallelism uses TensorFlow's own engine: MirroredStrategy over all local GPUs when there
 are several, MultiWorkerMirroredStrategy across machines when TF_CONFIG is set.  --batch_size is
@@ -35,7 +36,8 @@ import threading
 import time
 import types
 
-import cli   # sets TF_CPP_MIN_LOG_LEVEL and imports TensorFlow without its start-up chatter
+import cli
+cli.import_tensorflow_quietly()   # before model, sample, ...: TensorFlow without its start-up noise
 import numpy as np
 import tensorflow as tf
 
@@ -48,6 +50,7 @@ import model
 PRECISIONS = {'float32': tf.float32, 'bfloat16': tf.bfloat16, 'float16': tf.float16}
 STRATEGIES = ('auto', 'default', 'mirrored', 'multiworker')
 EOT_AS_TEXT = [27, 91, 437, 1659, 5239, 91, 29]   # '<|endoftext|>' spelled as 7 ordinary tokens
+LOCK = '.train.lock'   # in the run folder, held while a run writes it
 
 
 class TrainError(cli.UsageError):
@@ -61,6 +64,8 @@ def load_tokens(dataset, allow_special=True, progress=True):
     """The dataset as a 1-D integer array: a .npy/.npz token file from encode.py, or text to encode now."""
     if not dataset:
         raise TrainError('give the training data: --dataset data.npy (from encode.py) or text files/folders')
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = files.expand(dataset)
     if isinstance(dataset, str) and dataset.endswith(('.npy', '.npz')):
         if not os.path.isfile(dataset):
             raise TrainError(f'dataset {dataset} does not exist')
@@ -419,6 +424,25 @@ def copy_vocab(src_dir, run_dir):
             os.replace(dst + '.tmp', dst)
 
 
+@contextlib.contextmanager
+def lock_run(run_dir, start_step):
+    """Hold run_dir's lock (files.Lock) for one run, refusing when another run holds it or has moved the
+    run past start_step (the step this run found) in the meantime."""
+    held = files.Lock(os.path.join(run_dir, LOCK))
+    try:
+        held.acquire()
+    except files.BusyError as e:
+        raise TrainError(f'{e}; wait for it to finish or choose another --run_name') from None
+    try:
+        now = latest_step(run_dir)
+        if now != start_step:
+            raise TrainError(f'another run saved {run_dir} at step {now} while this one started; '
+                             'run again to resume it')
+        yield held
+    finally:
+        held.release()
+
+
 def _check_writable(folder):
     try:
         os.makedirs(folder, exist_ok=True)
@@ -498,8 +522,8 @@ def parse_hparams(hparams):
         return model.default_hparams()
     if isinstance(hparams, str):
         try:
-            if os.path.isfile(hparams):
-                with open(hparams, encoding='utf-8') as f:
+            if os.path.isfile(files.expand(hparams)):
+                with open(files.expand(hparams), encoding='utf-8') as f:
                     hparams = json.load(f)
             else:
                 hparams = json.loads(hparams)
@@ -561,11 +585,13 @@ def train(dataset=None, *, model_name='124M', models_dir='models', fresh=False, 
     flags = check_flags(**locals())
     run = open_run(flags)
     batches = load_data(flags, run)      # before any write, so bad data never touches a run folder
-    trainer = make_trainer(flags, run)
-    if trainer is None:
-        return dict(run_dir=run.dir, step=run.start_step, start_step=run.start_step, losses=[], val_loss=None,
-                    replicas=run.replicas)
-    return fit(flags, run, batches, trainer)
+    strategy = start_devices(flags, run)
+    with lock_run(run.dir, run.start_step) if run.chief else contextlib.nullcontext():
+        trainer = make_trainer(flags, run, strategy)
+        if trainer is None:
+            return dict(run_dir=run.dir, step=run.start_step, start_step=run.start_step, losses=[], val_loss=None,
+                        replicas=run.replicas)
+        return fit(flags, run, batches, trainer)
 
 
 def check_flags(**flags):
@@ -593,7 +619,7 @@ def check_flags(**flags):
         f.dataset = str(f.dataset)   # fire reads a file or folder named e.g. 2024 as a number
     if f.on_step is not None and not callable(f.on_step):
         raise TrainError('on_step is for Python callers: a function on_step(step, loss)')
-    f.checkpoint_dir = os.fspath(f.checkpoint_dir) if isinstance(f.checkpoint_dir, os.PathLike) else str(f.checkpoint_dir)
+    f.checkpoint_dir = files.expand(f.checkpoint_dir)
     if not f.run_name or os.sep in str(f.run_name) or str(f.run_name) in ('.', '..'):
         raise TrainError(f'--run_name must be a plain folder name, got {f.run_name!r}')
     return f
@@ -634,18 +660,24 @@ def load_data(f, run):
     return Batches(tokens, run.seq_len, f.batch_size, f.accumulate, f.val_fraction, f.val_batches, f.seed)
 
 
-def make_trainer(f, run):
-    """The strategy, the weights (resumed, fresh or released) and the optimizer state; the run folder is
-    prepared (vocabulary copied) for a new run.  None when the run is already at --steps."""
+def start_devices(f, run):
+    """The tf.distribute strategy; sets run.replicas and run.chief (the worker that writes the run folder,
+    which must be writable)."""
     strategy = make_strategy(f.strategy)
     run.replicas = strategy.num_replicas_in_sync
     if f.batch_size % run.replicas:
         raise TrainError(f'--batch_size {f.batch_size} must be a multiple of the {run.replicas} replicas')
     run.chief = getattr(strategy.extended, 'should_checkpoint', True)
-    params = checkpoint.init_params(run.hparams, seed=f.seed) if run.source_dir is None else \
-        checkpoint.load(run.source_dir)[1]
     if run.chief:
         _check_writable(run.dir)
+    return strategy
+
+
+def make_trainer(f, run, strategy):
+    """The weights (resumed, fresh or released) and the optimizer state; the run folder is prepared
+    (vocabulary copied) for a new run.  None when the run is already at --steps."""
+    params = checkpoint.init_params(run.hparams, seed=f.seed) if run.source_dir is None else \
+        checkpoint.load(run.source_dir)[1]
     trainer = Trainer(strategy, run.hparams, params, learning_rate=f.learning_rate, warmup_steps=f.warmup_steps,
                       grad_clip=f.grad_clip, beta1=f.beta1, beta2=f.beta2, epsilon=f.epsilon, precision=f.precision,
                       recompute=f.recompute, freeze_embeddings=f.freeze_embeddings, xla=f.xla, seed=f.seed)
@@ -683,8 +715,8 @@ def fit(f, run, batches, trainer):
          f'{len(batches.tokens):,} tokens ({batches.n_train:,} for training)')
 
     from tqdm import tqdm
-    bar = tqdm(total=f.steps, initial=step, desc='training', unit='step', file=sys.stderr, disable=not f.progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=f.steps, initial=step, desc='training', unit='step', file=sys.stderr,
+               disable=None if f.progress else True, dynamic_ncols=True)   # None: only on a terminal
     losses, val_loss, speed = [], None, None
     try:
         with _sigterm_as_interrupt():

@@ -1,5 +1,6 @@
 """download_model.py against a local HTTP server that misbehaves on request."""
 
+import email.utils
 import gzip
 import hashlib
 import io
@@ -63,13 +64,17 @@ class Handler(BaseHTTPRequestHandler):
     etag (another ETag header than the content's hash, None for none), last_modified (a
     Last-Modified header), ignore_if_range (honour Range even when If-Range does not match).
     Like a real server it answers a Range with If-Range that does not match the current strong
-    ETag or Last-Modified with 200 and the whole body.
+    ETag or Last-Modified with 200 and the whole body.  retry_after adds that Retry-After header
+    to a status reply.  HEAD requests are logged in .heads and see only the standing faults.
     """
 
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
         pass
+
+    def do_HEAD(self):
+        self.do_GET()
 
     def do_GET(self):
         with self.server.lock:
@@ -87,14 +92,16 @@ class Handler(BaseHTTPRequestHandler):
         if not files or match[2] not in files:
             return self.reply(404, b"<html>not found</html>")
         name, filename = match[1], match[2]
+        head = self.command == "HEAD"
         with srv.lock:
-            srv.log.append((name, filename, dict(self.headers)))
-            plan = srv.plan.get(filename)
+            (srv.heads if head else srv.log).append((name, filename, dict(self.headers)))
+            plan = None if head else srv.plan.get(filename)
             fault = plan.pop(0) if plan else dict(srv.always.get(filename, {}))
-            if sum(f == filename for _, f, _ in srv.log) > 30:  # a client stuck in a loop fails, not hangs
+            if sum(f == filename for _, f, _ in srv.log + srv.heads) > 30:  # a client stuck in a loop fails
                 fault = {"status": 410}
         if "status" in fault:
-            return self.reply(fault["status"], b"<html>busy</html>")
+            retry = {"Retry-After": fault["retry_after"]} if "retry_after" in fault else {}
+            return self.reply(fault["status"], b"<html>busy</html>", retry)
         data = fault.get("body", files[filename])
 
         status, start = 200, 0
@@ -135,6 +142,8 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
+        if head:
+            return
         self.send_body(name, filename, payload[:limit], fault.get("delay", 0))
         if limit < len(payload):
             self.close_connection = True
@@ -161,7 +170,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 @pytest.fixture
@@ -170,7 +180,7 @@ def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     httpd.lock = threading.Lock()
-    httpd.plan, httpd.always, httpd.log, httpd.sent, httpd.active = {}, {}, [], {}, 0
+    httpd.plan, httpd.always, httpd.log, httpd.heads, httpd.sent, httpd.active = {}, {}, [], [], {}, 0
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
@@ -193,15 +203,19 @@ def fetch(server, tmp_path, name="124M", **kwargs):
 
 
 def assert_model(tmp_path, name="124M", served="124M"):
+    """The folder holds the served files, byte for byte, and a record of exactly their sizes."""
     folder = tmp_path / "models" / name
-    assert sorted(p.name for p in folder.iterdir()) == sorted(dm.FILENAMES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(dm.FILENAMES + (dm.RECORD,))
     for filename, data in MODELS[served].items():
         assert (folder / filename).read_bytes() == data, filename
+    record = json.loads((folder / dm.RECORD).read_text())["files"]
+    assert record == {f: {"size": len(d), "validator": record[f]["validator"], "sha256": hashlib.sha256(d).hexdigest()}
+                      for f, d in MODELS[served].items()}
 
 
 def finals(tmp_path, name="124M"):
     folder = tmp_path / "models" / name
-    partial = (".part", ".part.etag")
+    partial = (".part", ".part.etag", dm.RECORD)
     return sorted(p.name for p in folder.iterdir() if not p.name.endswith(partial)) if folder.exists() else []
 
 
@@ -425,7 +439,7 @@ def test_file_changed_on_the_server_between_runs_restarts_from_zero(server, tmp_
     (headers,) = [h for _, f, h in server.log if f == DATA]
     assert (headers["Range"], headers["If-Range"]) == (f"bytes={kept}-", validator)
     assert server.sent["124M", DATA] == len(new)  # the server sent it all, and only once
-    assert sorted(os.listdir(tmp_path / "models/124M")) == sorted(dm.FILENAMES)  # no sidecar left
+    assert sorted(os.listdir(tmp_path / "models/124M")) == sorted(dm.FILENAMES + (dm.RECORD,))  # no sidecar left
 
 
 def test_changed_file_from_a_server_ignoring_if_range_is_not_spliced(server, tmp_path, monkeypatch):
@@ -437,7 +451,7 @@ def test_changed_file_from_a_server_ignoring_if_range_is_not_spliced(server, tmp
     fetch(server, tmp_path)
     assert (tmp_path / "models/124M" / DATA).read_bytes() == new
     assert [h.get("Range") for _, f, h in server.log if f == DATA] == [f"bytes={kept}-", None]
-    assert sorted(os.listdir(tmp_path / "models/124M")) == sorted(dm.FILENAMES)
+    assert sorted(os.listdir(tmp_path / "models/124M")) == sorted(dm.FILENAMES + (dm.RECORD,))
 
 
 def test_without_a_validator_resume_sends_no_if_range(server, tmp_path):
@@ -740,3 +754,221 @@ def test_a_clean_checkout_fetches_into_models_by_default(server, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert dm.download_model("124M", base_url=server.url, quiet=True) == os.path.join("models", "124M")
     assert_model(tmp_path)
+
+
+# --- repair: the record, --verify ------------------------------------------------------
+
+
+@pytest.fixture
+def real_model(tmp_path_factory, monkeypatch):
+    """Serve a tiny but loadable checkpoint (tests/conftest.py) as 124M."""
+    from conftest import write_model
+    folder = Path(write_model(tmp_path_factory.mktemp("served"), "124M"))
+    files = {f: (folder / f).read_bytes() for f in dm.FILENAMES if f != "model.ckpt.meta"}
+    files["model.ckpt.meta"] = b"not read by TensorFlow 2"
+    monkeypatch.setitem(MODELS, "124M", files)
+    return files
+
+
+def cut_short(tmp_path, keep=0.4):
+    path = tmp_path / "models/124M" / DATA
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return len(data) - int(len(data) * keep)
+
+
+def test_damaged_checkpoint_names_verify_and_a_plain_rerun_repairs_only_it(server, tmp_path, real_model, capsys):
+    import checkpoint
+    import model
+    fetch(server, tmp_path)
+    missing = cut_short(tmp_path)
+    with pytest.raises(model.ModelError) as err:
+        checkpoint.load(str(tmp_path / "models/124M"))
+    assert "run: python download_model.py 124M --verify" in str(err.value) and "\n" not in str(err.value)
+
+    server.log.clear()
+    server.sent.clear()
+    fetch(server, tmp_path, quiet=False)
+    assert [f for _, f, _ in server.log] == [DATA]  # no request for the intact files
+    assert server.log[0][2]["Range"] == f"bytes={len(real_model[DATA]) - missing}-"
+    assert server.sent["124M", DATA] == missing and server.heads == []
+    kept, size = len(real_model[DATA]) - missing, len(real_model[DATA])
+    assert f"{DATA} has {kept:,} of {size:,} bytes; fetching the rest" in capsys.readouterr().err
+    assert_model(tmp_path)
+    checkpoint.load(str(tmp_path / "models/124M"))
+
+
+def test_without_a_record_verify_repairs_what_differs_from_the_server(server, tmp_path, real_model, capsys):
+    import checkpoint
+    fetch(server, tmp_path)
+    cut_short(tmp_path)
+    (tmp_path / "models/124M" / dm.RECORD).unlink()  # as an older tool leaves a folder
+    server.log.clear()
+    fetch(server, tmp_path)
+    assert server.log == []  # a plain rerun cannot know: it trusts final names
+    fetch(server, tmp_path, verify=True, quiet=False)
+    assert sorted(f for _, f, _ in server.heads) == sorted(set(dm.FILENAMES) - set(dm.KNOWN_SHA256))
+    assert [(f, h.get("Range")) for _, f, h in server.log] == [(DATA, None)]  # no validator known: from byte 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if DATA in line]
+    assert len(lines) == 1 and f"{DATA} has" in lines[0] and "fetching it again" in lines[0]
+    assert_model(tmp_path)  # byte-identical, and recorded
+    checkpoint.load(str(tmp_path / "models/124M"))
+
+
+def test_verify_of_an_intact_folder_only_asks_and_records_it(server, tmp_path, capsys):
+    fetch(server, tmp_path)
+    (tmp_path / "models/124M" / dm.RECORD).unlink()
+    server.log.clear()
+    fetch(server, tmp_path, verify=True, quiet=False)
+    assert server.log == [] and len(server.heads) == len(dm.FILENAMES) - len(dm.KNOWN_SHA256)
+    assert "all 7 files match the server" in capsys.readouterr().err
+    assert_model(tmp_path)
+
+
+def test_a_longer_file_starts_over_and_a_wrong_splice_is_caught_by_the_recorded_hash(server, tmp_path):
+    fetch(server, tmp_path)
+    folder = tmp_path / "models/124M"
+    (folder / "model.ckpt.index").write_bytes(MODELS["124M"]["model.ckpt.index"] + b"junk")
+    (folder / "hparams.json").write_bytes(b"{}")  # shorter, but not a prefix: resuming splices wrong bytes
+    server.log.clear()
+    fetch(server, tmp_path)
+    assert [(f, h.get("Range")) for _, f, h in server.log] == [
+        ("hparams.json", "bytes=2-"), ("hparams.json", None), ("model.ckpt.index", None)]
+    assert_model(tmp_path)
+
+
+def test_verify_catches_a_file_of_the_right_size_with_other_bytes(server, tmp_path):
+    fetch(server, tmp_path)
+    path = tmp_path / "models/124M/model.ckpt.meta"
+    path.write_bytes(b"\0" * path.stat().st_size)  # what a crash can leave: the size, but zeros
+    server.log.clear()
+    fetch(server, tmp_path)
+    assert server.log == [] and path.read_bytes() != MODELS["124M"]["model.ckpt.meta"]  # sizes match the record
+    fetch(server, tmp_path, verify=True)
+    assert [(f, h.get("Range")) for _, f, h in server.log] == [("model.ckpt.meta", None)]
+    assert_model(tmp_path)
+
+
+def test_verify_resumes_with_the_recorded_validator_and_restarts_a_changed_file(server, tmp_path, monkeypatch):
+    fetch(server, tmp_path)
+    cut_short(tmp_path)
+    new = bytes(b ^ 0xFF for b in MODELS["124M"][DATA])  # changed on the server since: If-Range restarts
+    monkeypatch.setitem(MODELS["124M"], DATA, new)
+    server.log.clear()
+    fetch(server, tmp_path, verify=True)
+    (headers,) = [h for _, f, h in server.log if f == DATA]
+    assert headers["If-Range"] == etag_of(bytes(b ^ 0xFF for b in new)) and "Range" in headers
+    assert (tmp_path / "models/124M" / DATA).read_bytes() == new
+    assert_model(tmp_path)
+
+
+def test_cli_verify_prints_one_line_per_repaired_file(server, tmp_path):
+    args = ("124M", "--models_dir", str(tmp_path / "models"), "--base_url", server.url)
+    assert run_cli(*args).returncode == 0
+    cut_short(tmp_path)
+    (tmp_path / "models/124M/vocab.bpe").write_text("#version: 0.2\n")
+    result = run_cli(*args, "--verify")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "fetching" in line]
+    assert len(notes) == 2 and any(DATA in n for n in notes) and any("vocab.bpe" in n for n in notes)
+    assert_model(tmp_path)
+
+
+def test_head_requests_honour_retry_after(server, tmp_path, monkeypatch):
+    fetch(server, tmp_path)
+    sleeps = []
+    monkeypatch.setattr(dm.time, "sleep", sleeps.append)
+    server.always["checkpoint"] = {"status": 503, "retry_after": "3"}
+    with pytest.raises(dm.DownloadError, match=r"checkpoint: HTTP 503 .*gave up after 3 attempts"):
+        fetch(server, tmp_path, verify=True, retries=2, backoff=0.5)
+    assert sleeps == [3, 3]
+
+
+# --- Retry-After ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status, header, wait", [
+    (503, "7", 7), (429, "7", 7), (503, "100000", dm.RETRY_AFTER_CAP), (503, "soon", 0.5), (500, "7", 0.5),
+])
+def test_retry_after_is_honoured_and_capped(server, tmp_path, monkeypatch, status, header, wait):
+    sleeps = []
+    monkeypatch.setattr(dm.time, "sleep", sleeps.append)
+    server.plan["hparams.json"] = [{"status": status, "retry_after": header}]
+    fetch(server, tmp_path, retries=1, backoff=0.5)
+    assert sleeps == [wait]
+    assert_model(tmp_path)
+
+
+def test_retry_after_as_an_http_date(server, tmp_path, monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(dm.time, "sleep", sleeps.append)
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    server.plan["hparams.json"] = [{"status": 503, "retry_after": when}]
+    fetch(server, tmp_path, retries=1, backoff=0.5)
+    assert len(sleeps) == 1 and 25 < sleeps[0] <= 31
+
+
+# --- one writer at a time ------------------------------------------------------------
+
+
+def test_two_downloads_started_together_fetch_each_file_once(server, tmp_path):
+    server.plan[DATA] = [{"delay": 0.1}]  # about two seconds for the data file
+    env = {k: v for k, v in os.environ.items() if k != dm.BASE_URL_ENV}
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    args = [sys.executable, str(SCRIPT), "124M", "--models_dir", str(tmp_path / "models"), "--base_url", server.url]
+    procs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    waited = [e for e in errs if "is being written by process" in e]
+    assert len(waited) == 1 and "waiting for it to finish" in waited[0] and "already complete" in waited[0]
+    assert sorted(f for _, f, _ in server.log) == sorted(dm.FILENAMES)  # each file fetched once
+    assert_model(tmp_path)  # and no .part, no lock left
+
+
+def test_a_killed_download_never_blocks_the_next(server, tmp_path):
+    server.plan[DATA] = [{"delay": 0.05}]
+    env = {k: v for k, v in os.environ.items() if k != dm.BASE_URL_ENV}
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "124M", "--models_dir", str(tmp_path / "models"),
+                             "--base_url", server.url], stderr=subprocess.DEVNULL, env=env)
+    part = tmp_path / "models/124M" / (DATA + ".part")
+    deadline = time.monotonic() + 20
+    while not (part.exists() and part.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lock = tmp_path / "models/124M" / dm.LOCK
+    assert f"process {proc.pid} " in lock.read_text()
+    proc.kill()
+    proc.wait(timeout=20)
+    assert lock.exists()  # left behind, naming a dead process
+    start = time.monotonic()
+    fetch(server, tmp_path)
+    assert time.monotonic() - start < 10
+    assert_model(tmp_path)
+
+
+def test_models_dir_expands_home_and_variables(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GPT2_TEST_DIR", str(tmp_path))
+    assert dm.download_model("124M", "~/m", server.url, quiet=True, retries=0) == str(tmp_path / "home/m/124M")
+    result = run_cli("124M", "--quiet", "--models_dir", "$GPT2_TEST_DIR/models", "--base_url", server.url,
+                     env_extra={"GPT2_TEST_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert_model(tmp_path)
+    assert not (Path.cwd() / "~").exists() and not (Path.cwd() / "$GPT2_TEST_DIR").exists()
+
+
+def test_a_complete_model_in_a_read_only_folder_is_still_reported_complete(server, tmp_path, capsys, monkeypatch):
+    fetch(server, tmp_path)
+
+    def read_only(path, mode="r", *args, **kwargs):  # (chmod would not stop root, who runs some CI)
+        if mode != "r" and "rb" not in mode:
+            raise PermissionError(13, "Permission denied", path)
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(dm, "open", read_only, raising=False)
+    server.log.clear()
+    fetch(server, tmp_path, quiet=False)
+    assert server.log == [] and "124M is already complete" in capsys.readouterr().err
+    (tmp_path / "models/124M/hparams.json").unlink()
+    with pytest.raises(PermissionError):  # and a repair that must write says so
+        fetch(server, tmp_path)

@@ -1,4 +1,5 @@
 """encode.py: the token file holds exactly the encoder's ids, documents joined by <|endoftext|>."""
+import io
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
+import cli
 import encode
 import encoder
 
@@ -53,7 +55,7 @@ def test_folders_globs_jsonl_and_duplicates(tmp_path, enc):
         tokens = z['tokens'].tolist()
     assert enc.decode(tokens) == '<|endoftext|>'.join(['alpha', 'beta', 'gamma', 'delta'])
     assert stats['empty'] == 1 and stats['documents'] == 4
-    assert encode.find_files([jsonl]) == [jsonl]
+    assert encode.find_files([jsonl]) == ([jsonl], {'hidden_files': 0, 'hidden_folders': 0})
 
 
 def test_allow_special_decides_what_a_literal_endoftext_is(tmp_path, enc):
@@ -161,7 +163,7 @@ def test_numeric_names_and_bad_workers(tmp_path, monkeypatch):
         encode.encode(2024, out=5, progress=False)
     assert encode.encode(2024, out='x.npy', progress=False)['tokens'] == 1
     for workers in ('abc', 0, -1, 2.5, True):
-        with pytest.raises(encode.EncodeError, match=f'--workers must be an integer >= 1, got {workers!r}'):
+        with pytest.raises(cli.UsageError, match=f'--workers must be an integer >= 1, got {workers!r}'):
             encode.encode(2024, out='y.npy', workers=workers, progress=False)
     assert not os.path.exists('y.npy')
 
@@ -179,3 +181,47 @@ def test_cli_numeric_folder_and_bad_flag_values(tmp_path):
                              capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
         lines = bad.stderr.strip().splitlines()
         assert bad.returncode == 1 and len(lines) == 1 and lines[0].startswith(f'encode.py: error: {message}'), bad.stderr
+
+
+def test_hidden_folders_are_skipped_and_counted(tmp_path, enc):
+    write(tmp_path / 'docs' / 'a.txt', 'kept')
+    write(tmp_path / 'docs' / 'sub' / 'b.txt', 'kept too')
+    write(tmp_path / 'docs' / '.ipynb_checkpoints' / 'a-checkpoint.txt', 'a duplicate')
+    write(tmp_path / 'docs' / 'sub' / '.git' / 'notes.txt', 'not a document')
+    write(tmp_path / 'docs' / '.draft.txt', 'hidden file')
+    write(tmp_path / 'docs' / '.DS_Store', 'not text, not counted')
+    stats = encode.encode(str(tmp_path / 'docs'), out=str(tmp_path / 'o.npy'), progress=False)
+    assert np.load(tmp_path / 'o.npy').tolist() == enc.encode('kept') + [EOT] + enc.encode('kept too')
+    assert (stats['files'], stats['hidden_folders'], stats['hidden_files']) == (2, 2, 1)
+    assert "skipped 2 hidden folders and 1 hidden text file inside the input folders" in encode.report(stats)
+    # Named explicitly, a hidden file or folder is read.
+    paths, _ = encode.find_files([str(tmp_path / 'docs' / '.ipynb_checkpoints'), str(tmp_path / 'docs' / '.draft.txt')])
+    assert [os.path.basename(p) for p in paths] == ['a-checkpoint.txt', '.draft.txt']
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
+    path = write(tmp_path / 'a.txt', 'Some text')
+    empty = write(tmp_path / 'e.txt', '')
+    script = os.path.join(ROOT, 'src', 'encode.py')
+    piped = subprocess.run([sys.executable, script, path, empty, '--out', str(tmp_path / 'a.npy')],
+                           capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and piped.stderr == '', piped.stderr   # no bar, not even an empty one
+    assert 'wrote 2 tokens' in piped.stdout and 'skipped 1 empty document' in piped.stdout
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, 'stderr', Terminal())
+    encode.encode(path, out=str(tmp_path / 'b.npy'))
+    assert 'encoding: 100%' in sys.stderr.getvalue()
+
+
+def test_paths_expand_home_and_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    monkeypatch.setenv('GPT2_TEST_DIR', str(tmp_path))
+    write(tmp_path / 'home' / 'texts' / 'a.txt', 'Some text')
+    stats = encode.encode('~/texts', out='$GPT2_TEST_DIR/a.npy', progress=False)
+    assert stats['out'] == str(tmp_path / 'a.npy') and np.load(tmp_path / 'a.npy').size == 2
+    write(tmp_path / 'b.txt', 'more')
+    assert encode.encode('$GPT2_TEST_DIR/b*.txt', out='~/b.npy', progress=False)['tokens'] == 1
+    assert (tmp_path / 'home' / 'b.npy').exists()

@@ -338,7 +338,7 @@ def load_error(models_dir):
         encoder.get_encoder('124M', str(models_dir))
     message = str(info.value)
     assert '\n' not in message
-    assert 'run: python download_model.py 124M' in message
+    assert 'run: python download_model.py 124M --verify' in message
     return message
 
 

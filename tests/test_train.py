@@ -1,6 +1,8 @@
 """train.py: learning, checkpoints in OpenAI's layout, resuming, data parallelism, memory options, errors."""
+import io
 import json
 import os
+import pty
 import re
 import shutil
 import signal
@@ -452,17 +454,20 @@ def test_cli_ctrl_c_saves_the_step_reached(tmp_path):
             '--hparams', json.dumps(TINY_HPARAMS), '--checkpoint_dir', str(tmp_path / 'ck'), '--run_name', 'r',
             '--steps', '100000', '--batch_size', '2', '--seq_len', '16', '--val_fraction', '0',
             '--sample_every', '0', '--save_every', '0']
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=USER_ENV)
+    master, terminal = pty.openpty()   # on a terminal, so that the progress bar is drawn
+    proc = subprocess.Popen(args, stderr=terminal, env=USER_ENV)
+    os.close(terminal)
     seen = []
 
     def read():
-        buf = ''
         while True:
-            c = proc.stderr.read(1)
-            if not c:
+            try:
+                data = os.read(master, 4096)
+            except OSError:   # the other end closed
                 return
-            buf += c
-            seen.append(c)
+            if not data:
+                return
+            seen.append(data.decode('utf-8', 'replace'))
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     deadline = time.time() + 120
@@ -471,6 +476,7 @@ def test_cli_ctrl_c_saves_the_step_reached(tmp_path):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     reader.join(timeout=5)
+    os.close(master)
     err = ''.join(seen)
     m = re.search(r'interrupted at step (\d+); saved', err)
     assert m, err[-2000:]
@@ -478,3 +484,61 @@ def test_cli_ctrl_c_saves_the_step_reached(tmp_path):
     run_dir = str(tmp_path / 'ck' / 'r')
     assert step >= 3 and train.latest_step(run_dir) == step and 'Traceback' not in err and 'I0000' not in err
     checkpoint.load(run_dir)
+
+
+def test_a_second_run_on_the_same_folder_refuses_in_one_line(tmp_path):
+    (tmp_path / 'fox.txt').write_text(TEXT)
+    args = [sys.executable, os.path.join(SRC, 'train.py'), '--dataset', str(tmp_path / 'fox.txt'), '--fresh',
+            '--hparams', json.dumps(TINY_HPARAMS), '--checkpoint_dir', str(tmp_path / 'ck'), '--run_name', 'r',
+            '--steps', '100000', '--batch_size', '2', '--seq_len', '16', '--val_fraction', '0',
+            '--sample_every', '0', '--save_every', '1']
+    run_dir = str(tmp_path / 'ck' / 'r')
+    first = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=USER_ENV)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (train.latest_step(run_dir) or 0) >= 1:
+            time.sleep(0.2)
+        second = subprocess.run(args, capture_output=True, text=True, timeout=120, env=USER_ENV)
+        assert first.poll() is None   # still training while the second one was refused
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, first_err = first.communicate(timeout=60)
+    assert second.returncode == 1
+    assert second.stderr.count('\n') == 1, second.stderr
+    assert second.stderr.startswith(f'train.py: error: {run_dir} is in use by process {first.pid} (train.py) on ')
+    assert 'choose another --run_name' in second.stderr
+    assert first.returncode == 130 and 'Traceback' not in first_err, first_err
+    step = train.latest_step(run_dir)
+    checkpoint.load(run_dir)
+    assert not os.path.exists(os.path.join(run_dir, train.LOCK))   # released
+    # Nor may a run that found an older step continue once another one has moved the folder on.
+    with pytest.raises(train.TrainError, match=f'another run saved {re.escape(run_dir)} at step {step}'):
+        with train.lock_run(run_dir, step - 1):
+            pass
+    assert not os.path.exists(os.path.join(run_dir, train.LOCK))
+    with train.lock_run(run_dir, step):
+        assert os.path.exists(os.path.join(run_dir, train.LOCK))
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, 'stderr', stream)
+        run(tmp_path, f'bar{drawn}', steps=2, progress=True)
+        assert ('training: 100%' in stream.getvalue()) == drawn, stream.getvalue()
+        assert 'saved ' in stream.getvalue()   # the closing line, either way
+
+
+def test_path_flags_expand_home_and_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    monkeypatch.setenv('GPT2_TEST_DIR', str(tmp_path))
+    (tmp_path / 'fox.txt').write_text(TEXT)
+    (tmp_path / 'hp.json').write_text(json.dumps(TINY_HPARAMS))
+    result = run(tmp_path, 'r', dataset='$GPT2_TEST_DIR/fox.txt', checkpoint_dir='~/ck', hparams='$GPT2_TEST_DIR/hp.json',
+                 steps=1)
+    assert result['run_dir'] == str(tmp_path / 'home' / 'ck' / 'r')
+    assert train.latest_step(result['run_dir']) == 1
+    assert checkpoint.load_hparams(result['run_dir'])['n_embd'] == TINY_HPARAMS['n_embd']

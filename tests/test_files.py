@@ -1,0 +1,74 @@
+"""files.py: path expansion, repair hints and the advisory lock (no TensorFlow)."""
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import files
+from conftest import SRC
+
+
+def test_expand_home_and_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setenv('GPT2_TEST_DIR', '/data')
+    assert files.expand('~/models') == os.path.join(str(tmp_path), 'models')
+    assert files.expand('$GPT2_TEST_DIR/x') == '/data/x' and files.expand('${GPT2_TEST_DIR}/x') == '/data/x'
+    assert files.expand('plain/$UNSET_GPT2_VAR') == 'plain/$UNSET_GPT2_VAR'   # as the shell leaves it, visibly
+    assert files.expand(tmp_path / '~') == str(tmp_path / '~')   # only a leading ~ is the home folder
+
+
+@pytest.mark.parametrize('name', ['124M', '117M', '1558M'])
+def test_fix_hint_names_the_command_that_repairs_a_released_model(name):
+    wanted = files.LEGACY_NAMES.get(name, name)
+    assert files.fix_hint(os.path.join('models', name)) == f'run: python download_model.py {wanted} --verify'
+    assert 'checkpoint.save' in files.fix_hint(os.path.join('checkpoint', 'run1'))
+
+
+def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
+    path = str(tmp_path / '.lock')
+    with files.Lock(path):
+        with pytest.raises(files.BusyError) as err:
+            files.Lock(path).acquire()
+        assert f'{tmp_path} is in use by process {os.getpid()} (' in str(err.value)
+    assert not os.path.exists(path)   # released and deleted
+    with files.Lock(path):
+        pass
+
+
+def test_a_waiting_lock_is_told_who_holds_it_and_gets_it_after_release(tmp_path):
+    path = str(tmp_path / '.lock')
+    first = files.Lock(path).acquire()
+    told, got = [], []
+    waiter = threading.Thread(target=lambda: got.append(files.Lock(path).acquire(wait=True, on_wait=told.append)))
+    waiter.start()
+    time.sleep(0.3)
+    assert not got and len(told) == 1 and f'process {os.getpid()}' in told[0]
+    first.release()
+    waiter.join(timeout=10)
+    assert got and f'process {os.getpid()}' in open(path).read()
+    got[0].release()
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
+    path = str(tmp_path / '.lock')
+    code = 'import sys, time, files; held = files.Lock(sys.argv[1]).acquire(); print("held", flush=True); time.sleep(60)'
+    holder = subprocess.Popen([sys.executable, '-c', code, path],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=SRC))
+    assert holder.stdout.readline() == 'held\n'
+    with pytest.raises(files.BusyError, match=f'process {holder.pid} '):
+        files.Lock(path).acquire()
+    holder.kill()
+    holder.wait(timeout=10)
+    assert os.path.exists(path)   # left behind
+    files.Lock(path).acquire().release()
+
+
+def test_model_dir_expands_home_and_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setenv('GPT2_TEST_DIR', str(tmp_path))
+    (tmp_path / 'models' / '124M').mkdir(parents=True)
+    expected = os.path.join(str(tmp_path), 'models', '124M')
+    assert files.model_dir('124M', '~/models') == expected == files.model_dir('117M', '$GPT2_TEST_DIR/models')
