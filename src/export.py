@@ -116,21 +116,29 @@ class GPT2(tf.Module):
         params = self._params()
 
         def decode():
-            # The prompt but its last token fills the cache; each step feeds the latest token and draws the next.
-            prompt = model.model(h, tokens[:, :-1], params=params)
-            past = prompt['present']                    # [batch, n_layer, 2, n_head, seq - 1, head_dim]
+            # The prompt but its last token fills the caches; each step feeds the latest token and draws the
+            # next.  One cache per layer (not model.model's stacked past) saves a copy of all of them per step.
+            n = tf.shape(tokens)[1] - 1
+            pasts = tf.unstack(model.model(h, tokens[:, :-1], params=params)['present'], axis=1)
+            # pasts: n_layer x [batch, 2, n_head, n, head_dim]
 
-            def step(i, last, past, new):
-                out = model.model(h, last[:, None], past=past, params=params)
-                logits = tf.cast(out['logits'][:, -1], tf.float32)                       # [batch, n_vocab]
-                token = draw(logits, tf.stack([seed, i]), temperature, top_k, top_p)   # [batch]
-                return i + 1, token, tf.concat([past, out['present']], axis=-2), new.write(i, token)
+            def step(i, last, new, *pasts):
+                x = tf.gather(params['model/wte'], last[:, None]) + tf.gather(params['model/wpe'], n + i)
+                presents = []
+                for layer, past in enumerate(pasts):                                 # x: [batch, 1, n_embd]
+                    x, present = model.block(x, params, f'model/h{layer}', h['n_head'], past=past)
+                    presents.append(tf.concat([past, present], axis=-2))
+                x = model.norm(x[:, 0], params['model/ln_f/g'], params['model/ln_f/b'])
+                logits = tf.cast(tf.matmul(x, params['model/wte'], transpose_b=True), tf.float32)  # [batch, n_vocab]
+                token = draw(logits, tf.stack([seed, i]), temperature, top_k, top_p)                # [batch]
+                return (i + 1, token, new.write(i, token), *presents)
 
-            past_shape = tf.TensorShape([None, h['n_layer'], 2, h['n_head'], None, h['n_embd'] // h['n_head']])
-            _, _, _, new = tf.while_loop(
+            past_shape = tf.TensorShape([None, 2, h['n_head'], None, h['n_embd'] // h['n_head']])
+            _, _, new, *_ = tf.while_loop(
                 lambda i, *_: i < length, step,
-                [tf.constant(0), tokens[:, -1], past, tf.TensorArray(tf.int32, size=length)],
-                shape_invariants=[tf.TensorShape([]), tf.TensorShape([None]), past_shape, tf.TensorShape(None)])
+                [tf.constant(0), tokens[:, -1], tf.TensorArray(tf.int32, size=length), *pasts],
+                shape_invariants=[tf.TensorShape([]), tf.TensorShape([None]), tf.TensorShape(None)]
+                + [past_shape] * h['n_layer'])
             return tf.concat([tokens, tf.transpose(new.stack())], axis=1)    # new.stack(): [length, batch]
         return {'tokens': tf.cond(length > 0, decode, lambda: tokens)}
 
