@@ -65,7 +65,6 @@ class GPT2(tf.Module):
     def __init__(self, hparams, params, vocab_dir, dtype=tf.float32):
         super().__init__(name='gpt2')
         self.hparams = dict(hparams)
-        self.dtype = dtype
         # Variables, not constants: a graph holding the weights would exceed protobuf's 2 GB for 774M and up.
         self.weights = {name: tf.Variable(tf.cast(value, dtype), trainable=False, name=name.replace('/', '.'))
                         for name, value in params.items()}
@@ -81,7 +80,7 @@ class GPT2(tf.Module):
         seq = tf.shape(tokens)[1]
         return [
             tf.debugging.assert_greater(seq, 0, message='tokens must hold at least one token per row'),
-            tf.debugging.assert_less_equal(seq + extra, h['n_ctx'], message=(
+            tf.debugging.assert_less_equal(extra, h['n_ctx'] - seq, message=(   # no int32 overflow
                 f'tokens + length exceed the context of {h["n_ctx"]}; shorten the prompt or lower length')),
             tf.debugging.assert_non_negative(tokens, message=f'token ids must be in [0, {h["n_vocab"]})'),
             tf.debugging.assert_less(tokens, h['n_vocab'], message=f'token ids must be in [0, {h["n_vocab"]})'),
@@ -110,8 +109,9 @@ class GPT2(tf.Module):
             tf.debugging.Assert((top_p > 0) & (top_p <= 1),
                                 ['top_p must be in (0, 1] (1 means no nucleus truncation), got', top_p]),
         ]
-        with tf.control_dependencies(checks):
-            tokens = tf.identity(tokens)
+        with tf.control_dependencies(checks):   # nothing runs on unchecked inputs (e.g. a huge length)
+            tokens, length, temperature, top_k, top_p = (
+                tf.identity(t) for t in (tokens, length, temperature, top_k, top_p))
 
         params = self._params()
 
@@ -129,7 +129,8 @@ class GPT2(tf.Module):
                     x, present = model.block(x, params, f'model/h{layer}', h['n_head'], past=past)
                     presents.append(tf.concat([past, present], axis=-2))
                 x = model.norm(x[:, 0], params['model/ln_f/g'], params['model/ln_f/b'])
-                logits = tf.cast(tf.matmul(x, params['model/wte'], transpose_b=True), tf.float32)  # [batch, n_vocab]
+                # wte @ x^T, not x @ wte^T: TensorFlow's CPU matmul takes 2-3x longer the other way round for 8 rows.
+                logits = tf.cast(tf.transpose(tf.matmul(params['model/wte'], x, transpose_b=True)), tf.float32)
                 token = draw(logits, tf.stack([seed, i]), temperature, top_k, top_p)                # [batch]
                 return (i + 1, token, new.write(i, token), *presents)
 
@@ -176,6 +177,7 @@ def export(model_dir, out, precision='float32', version=None):
         tmp = os.path.join(out, f'.export-{version}-{os.getpid()}-{secrets.token_hex(4)}')
         os.mkdir(tmp)   # unlike tempfile.mkdtemp's 0700, readable by a server running as another user
         module = GPT2(hparams, params, vocab_dir, PRECISIONS[precision])
+        del params   # the variables hold the weights now; a second copy need not stay in memory
         generate = module.generate.get_concrete_function()
         tf.saved_model.save(module, tmp, signatures={
             'serving_default': generate, 'generate': generate, 'logits': module.logits.get_concrete_function()})

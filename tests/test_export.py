@@ -79,7 +79,8 @@ CLIENT = textwrap.dedent('''
             top_p=tf.constant(1.0), seed=tf.constant(0))['tokens'].numpy())
     errors = {}
     for name, args in dict(top_p=(ctx, 2, 1.0, 0, 0.0), temperature=(ctx, 2, -1.0), top_k=(ctx, 2, 1.0, -1),
-                           length=(ctx, -1), context=(ctx, 48), token=(ctx * 0 + 211, 2)).items():
+                           length=(ctx, -1), context=(ctx, 48), overflow=(ctx, 2**31 - 1),
+                           token=(ctx * 0 + 211, 2)).items():
         try:
             gen(*args)
             errors[name] = 'no error'
@@ -166,6 +167,7 @@ def test_bad_settings_are_refused_in_graph(client):
     assert 'top_k must be >= 0' in errors['top_k']
     assert 'length must be >= 0' in errors['length']
     assert 'exceed the context of 48' in errors['context']
+    assert 'exceed the context of 48' in errors['overflow']
     assert 'token ids must be in [0, 211)' in errors['token']
 
 
