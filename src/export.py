@@ -171,9 +171,9 @@ def export(model_dir, out, precision='float32', version=None):
     while not os.path.isdir(parent):
         made.append(parent)
         parent = os.path.dirname(parent)
-    os.makedirs(out, exist_ok=True)
     tmp = None
     try:
+        os.makedirs(out, exist_ok=True)
         tmp = os.path.join(out, f'.export-{version}-{os.getpid()}-{secrets.token_hex(4)}')
         os.mkdir(tmp)   # unlike tempfile.mkdtemp's 0700, readable by a server running as another user
         module = GPT2(hparams, params, vocab_dir, PRECISIONS[precision])
