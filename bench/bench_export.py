@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Speed of the exported SavedModel's `generate` beside sample.sample_sequence, on the same weights.
+
+    python bench/bench_export.py       # 124M shape, prompt 32, 128 new tokens, top_k 40, batch 1 and 8
+
+Random weights of the real 124M shape are written with checkpoint.save and exported with
+export.export; one process then loads both (checkpoint.load for sample.py, tf.saved_model.load for
+the export) and times warm calls, alternating the two and repeating, so that load from other work
+on the machine falls on both alike.  Reported per batch size: new tokens per second of a whole
+call (prompt pass included), median over the repeats, and the ratio export / sample.py.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, '..', 'src'))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--batch_sizes', default='1,8', help='comma-separated batch sizes')
+    ap.add_argument('--prompt', type=int, default=32, help='prompt tokens')
+    ap.add_argument('--new', type=int, default=128, help='new tokens per row')
+    ap.add_argument('--top_k', type=int, default=40)
+    ap.add_argument('--repeats', type=int, default=3, help='timed calls of each side per batch size')
+    ap.add_argument('--precision', default='float32', help='precision of the export')
+    args = ap.parse_args()
+
+    import numpy as np
+    import tensorflow as tf
+    import checkpoint
+    import export
+    import model
+    import sample
+
+    h = model.default_hparams()
+    with tempfile.TemporaryDirectory() as folder:
+        model_dir = os.path.join(folder, '124M')
+        checkpoint.save(model_dir, h, checkpoint.init_params(h, seed=0))
+        t0 = time.time()
+        path = export.export(model_dir, os.path.join(folder, 'exported'), precision=args.precision)
+        export_s = time.time() - t0
+        hparams, params = checkpoint.load(model_dir)
+        generate = tf.saved_model.load(path).signatures['generate']
+
+        def ours(context, seed):
+            return sample.sample_sequence(hparams=hparams, params=params, length=args.new, context=context,
+                                          top_k=args.top_k, seed=seed).numpy()
+
+        def exported(context, seed):
+            return generate(tokens=tf.constant(context), length=tf.constant(args.new),
+                            temperature=tf.constant(1.0), top_k=tf.constant(args.top_k),
+                            top_p=tf.constant(1.0), seed=tf.constant(seed))['tokens'].numpy()
+
+        rows = []
+        for batch in [int(b) for b in args.batch_sizes.split(',')]:
+            context = np.random.default_rng(1).integers(0, h.n_vocab, size=(batch, args.prompt)).astype(np.int32)
+            times = {'sample.py': [], 'export': []}
+            for run in range(args.repeats + 1):            # the first round warms up (traces, compiles)
+                for name, fn in (('sample.py', ours), ('export', exported)):
+                    t0 = time.time()
+                    out = fn(context, run)
+                    if run:
+                        times[name].append(time.time() - t0)
+                    assert out.shape == (batch, args.prompt + args.new), out.shape
+            rows.append((batch, {k: batch * args.new / statistics.median(v) for k, v in times.items()}))
+
+    print(f'GPT-2 124M shape, random weights, CPU, export {args.precision} (written in {export_s:.1f} s), '
+          f'prompt {args.prompt}, {args.new} new tokens, top_k {args.top_k}, median of {args.repeats} '
+          f'alternating warm calls')
+    print(f'{"batch":>5} {"sample.py tok/s":>16} {"export tok/s":>13} {"export/sample.py":>17}')
+    for batch, r in rows:
+        print(f'{batch:>5} {r["sample.py"]:>16.1f} {r["export"]:>13.1f} {r["export"] / r["sample.py"]:>16.2f}x')
+
+
+if __name__ == '__main__':
+    main()

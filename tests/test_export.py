@@ -1,0 +1,273 @@
+"""export.py: the SavedModel runs in a process without this project's code and agrees with model.model
+and sample.py; a failed export leaves nothing behind."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import SRC, VOCAB
+
+import checkpoint
+import cli
+import export
+import model
+import sample
+
+HPARAMS = dict(n_vocab=211, n_ctx=48, n_embd=32, n_head=4, n_layer=2)
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """A small model folder with sharpened random weights (clear argmax winners) and a vocabulary."""
+    h = model.default_hparams().override_from_dict(dict(HPARAMS))
+    p = checkpoint.init_params(h, seed=3)
+    rng = np.random.default_rng(0)
+    p = {k: tf.constant(v.numpy() + (rng.normal(0, 0.3, v.shape).astype(np.float32) if k.endswith('/w') else 0))
+         for k, v in p.items()}
+    p['model/wte'] = tf.constant(rng.normal(0, 0.5, p['model/wte'].shape).astype(np.float32))
+    models = tmp_path_factory.mktemp('models')
+    model_dir = models / 'tiny'
+    checkpoint.save(str(model_dir), h, p)
+    for name in export.VOCAB_FILES:   # a vocabulary of its own, to see that the export takes it
+        with open(os.path.join(VOCAB, name), encoding='utf-8') as f:
+            (model_dir / name).write_text(f.read() + ' ')
+    return str(models), checkpoint.load(str(model_dir))
+
+
+@pytest.fixture(scope='module')
+def exported(tiny, tmp_path_factory):
+    """The tiny model exported by the command line, as a user would run it."""
+    models, _ = tiny
+    out = tmp_path_factory.mktemp('exported') / 'tiny'
+    run = subprocess.run([sys.executable, os.path.join(SRC, 'export.py'), '--model_name', 'tiny',
+                          '--models_dir', models, '--out', str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count('\n') == 1 and f'{out}/1' in run.stdout, run.stdout
+    return str(out / '1')
+
+
+# Runs in a fresh interpreter, from another folder, with nothing of this project importable.
+CLIENT = textwrap.dedent('''
+    import json, os, sys
+    import numpy as np
+    import tensorflow as tf
+    path, data = sys.argv[1], np.load(sys.argv[2])
+    assert not any(os.path.exists(os.path.join(p, 'model.py')) for p in sys.path if p), sys.path
+    m = tf.saved_model.load(path)
+    generate, logits = m.signatures['generate'], m.signatures['logits']
+    def gen(tokens, length, temperature=1.0, top_k=0, top_p=1.0, seed=0):
+        return generate(tokens=tf.constant(tokens, tf.int32), length=tf.constant(length),
+                        temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(top_k),
+                        top_p=tf.constant(top_p, tf.float32), seed=tf.constant(seed))['tokens'].numpy()
+    ctx = data['ctx']
+    out = dict(
+        logits=logits(tokens=tf.constant(ctx))['logits'].numpy(),
+        greedy_t0=gen(ctx, 12, temperature=0.0, top_k=40, top_p=0.5, seed=9),
+        greedy_k1=gen(ctx, 12, top_k=1, seed=4),
+        greedy_one_token=gen(ctx[:, :1], 5, temperature=0.0),
+        sampled_a=gen(ctx, 12, seed=5), sampled_b=gen(ctx, 12, seed=5), sampled_c=gen(ctx, 12, seed=6),
+        top_k_a=gen(ctx, 12, top_k=3, seed=7), top_k_b=gen(ctx, 12, top_k=3, seed=7),
+        nucleus=gen(ctx, 12, top_p=0.5, seed=8),
+        length_0=gen(ctx, 0, seed=1),
+        serving_default=m.signatures['serving_default'](
+            tokens=tf.constant(ctx), length=tf.constant(3), temperature=tf.constant(0.0), top_k=tf.constant(0),
+            top_p=tf.constant(1.0), seed=tf.constant(0))['tokens'].numpy())
+    errors = {}
+    for name, args in dict(top_p=(ctx, 2, 1.0, 0, 0.0), temperature=(ctx, 2, -1.0), top_k=(ctx, 2, 1.0, -1),
+                           length=(ctx, -1), context=(ctx, 48), overflow=(ctx, 2**31 - 1),
+                           token=(ctx * 0 + 211, 2)).items():
+        try:
+            gen(*args)
+            errors[name] = 'no error'
+        except tf.errors.InvalidArgumentError as e:
+            errors[name] = e.message
+    np.savez(sys.argv[3], **out)
+    print(json.dumps(errors))
+''')
+
+
+@pytest.fixture(scope='module')
+def client(exported, tiny, tmp_path_factory):
+    """What the client script computed with the export; (arrays, error messages, ctx)."""
+    folder = tmp_path_factory.mktemp('client')
+    ctx = np.random.default_rng(1).integers(0, HPARAMS['n_vocab'], size=(3, 7)).astype(np.int32)
+    np.savez(folder / 'in.npz', ctx=ctx)
+    (folder / 'client.py').write_text(CLIENT)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    run = subprocess.run([sys.executable, str(folder / 'client.py'), exported, str(folder / 'in.npz'),
+                          str(folder / 'out.npz')], capture_output=True, text=True, cwd=str(folder), env=env)
+    assert run.returncode == 0, run.stderr
+    return dict(np.load(folder / 'out.npz')), json.loads(run.stdout.strip().splitlines()[-1]), ctx
+
+
+def test_logits_equal_model(client, tiny):
+    out, _, ctx = client
+    h, p = tiny[1]
+    assert out['logits'].dtype == np.float32 and out['logits'].shape == (3, 7, HPARAMS['n_vocab'])
+    np.testing.assert_allclose(out['logits'], model.model(h, ctx, params=p)['logits'].numpy(), rtol=0, atol=1e-5)
+
+
+def test_greedy_generate_equals_sample_sequence(client, tiny):
+    out, _, ctx = client
+    h, p = tiny[1]
+    expected = sample.sample_sequence(hparams=h, params=p, length=12, context=ctx, temperature=0).numpy()
+    assert len(set(map(tuple, expected[:, 7:]))) > 1   # rows differ: each row is its own prompt
+    for name in ('greedy_t0', 'greedy_k1'):
+        assert out[name].dtype == np.int32
+        np.testing.assert_array_equal(out[name], expected, err_msg=name)
+    np.testing.assert_array_equal(out['serving_default'], expected[:, :10])
+    one = sample.sample_sequence(hparams=h, params=p, length=5, context=ctx[:, :1], temperature=0).numpy()
+    np.testing.assert_array_equal(out['greedy_one_token'], one)
+
+
+def test_seeded_generate_repeats_itself(client):
+    out, _, ctx = client
+    np.testing.assert_array_equal(out['sampled_a'], out['sampled_b'])
+    np.testing.assert_array_equal(out['top_k_a'], out['top_k_b'])
+    assert not np.array_equal(out['sampled_a'], out['sampled_c'])
+    for name in ('sampled_a', 'sampled_c', 'top_k_a', 'nucleus'):
+        assert out[name].shape == (3, 19)
+        np.testing.assert_array_equal(out[name][:, :7], ctx)
+        assert out[name].min() >= 0 and out[name].max() < HPARAMS['n_vocab']
+
+
+def np_nucleus(logits, p):
+    """Indices of the smallest set of most likely tokens with probability >= p (reference)."""
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    return set(order[:np.searchsorted(np.cumsum(probs[order]), p) + 1])
+
+
+def test_truncated_samples_stay_in_what_is_kept(client, tiny):
+    out, _, ctx = client
+    h, p = tiny[1]
+    for name, kept in (('top_k_a', lambda lg: set(np.argsort(-lg)[:3])), ('nucleus', lambda lg: np_nucleus(lg, 0.5))):
+        logits = model.model(h, out[name][:, :-1], params=p)['logits'].numpy()   # [batch, 18, n_vocab]
+        for row in range(3):
+            for t in range(7, 19):
+                assert out[name][row, t] in kept(logits[row, t - 1]), (name, row, t)
+    assert len(np.unique(out['top_k_a'][:, 7:])) > 3   # it samples, not just takes the argmax
+
+
+def test_length_0_returns_the_input(client):
+    out, _, ctx = client
+    np.testing.assert_array_equal(out['length_0'], ctx)
+
+
+def test_bad_settings_are_refused_in_graph(client):
+    _, errors, _ = client
+    assert 'top_p must be in (0, 1]' in errors['top_p']
+    assert 'temperature must be >= 0' in errors['temperature']
+    assert 'top_k must be >= 0' in errors['top_k']
+    assert 'length must be >= 0' in errors['length']
+    assert 'exceed the context of 48' in errors['context']
+    assert 'exceed the context of 48' in errors['overflow']
+    assert 'token ids must be in [0, 211)' in errors['token']
+
+
+def test_vocabulary_travels_as_assets(exported, tiny):
+    models, _ = tiny
+    for name in export.VOCAB_FILES:
+        with open(os.path.join(exported, 'assets', name), 'rb') as a, \
+                open(os.path.join(models, 'tiny', name), 'rb') as b:
+            assert a.read() == b.read()
+
+
+def test_saved_model_cli_lists_the_signatures(exported):
+    from tensorflow.python.tools import saved_model_utils
+    meta = saved_model_utils.get_meta_graph_def(exported, 'serve')
+    sigs = meta.signature_def
+    assert set(sigs) >= {'serving_default', 'generate', 'logits'}
+    assert set(sigs['generate'].inputs) == {'tokens', 'length', 'temperature', 'top_k', 'top_p', 'seed'}
+    assert list(sigs['generate'].outputs) == ['tokens'] and list(sigs['logits'].outputs) == ['logits']
+    assert sigs['serving_default'].inputs['tokens'].dtype == tf.int32.as_datatype_enum
+
+
+def test_bfloat16_export(tiny, tmp_path):
+    models, (h, p) = tiny
+    path = export.export(os.path.join(models, 'tiny'), str(tmp_path / 'bf16'), precision='bfloat16')
+    m = tf.saved_model.load(path)
+    ctx = np.random.default_rng(2).integers(0, h.n_vocab, size=(2, 6)).astype(np.int32)
+    logits = m.signatures['logits'](tokens=tf.constant(ctx))['logits'].numpy()
+    reference = model.model(h, ctx, params={k: tf.cast(v, tf.bfloat16) for k, v in p.items()})['logits']
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, tf.cast(reference, tf.float32).numpy(), atol=0.1, rtol=0.02)
+    full = model.model(h, ctx, params=p)['logits'].numpy()
+    assert 0 < np.abs(logits - full).max() < 0.1 * np.abs(full).max()   # bfloat16 indeed, and close
+    dtypes = tf.train.load_checkpoint(os.path.join(path, 'variables', 'variables')).get_variable_to_dtype_map()
+    weights = [d for name, d in dtypes.items() if 'VARIABLE_VALUE' in name]
+    assert len(weights) == len(p) and set(weights) == {tf.bfloat16}
+    assert m.signatures['generate'](tokens=tf.constant(ctx), length=tf.constant(4), temperature=tf.constant(0.0),
+                                    top_k=tf.constant(0), top_p=tf.constant(1.0),
+                                    seed=tf.constant(0))['tokens'].shape == (2, 10)
+
+
+def run_cli(capsys, *args):
+    status = cli.main(export.main, list(args), name='export.py')
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_versions_count_up_and_are_never_overwritten(tiny, tmp_path, capsys):
+    models, _ = tiny
+    out = tmp_path / 'exp'
+    (out / '7').mkdir(parents=True)
+    status, stdout, _ = run_cli(capsys, '--model_name', 'tiny', '--models_dir', models, '--out', str(out))
+    assert status == 0 and f'{out}/8 ' in stdout
+    status, _, err = run_cli(capsys, '--model_name', 'tiny', '--models_dir', models, '--out', str(out),
+                             '--version', '8')
+    assert status == 1 and err.count('\n') == 1 and 'already exists' in err
+    status, stdout, _ = run_cli(capsys, '--model_name', 'tiny', '--models_dir', models, '--out', str(out),
+                                '--version', '3')
+    assert status == 0 and f'{out}/3 ' in stdout
+    assert sorted(os.listdir(out)) == ['3', '7', '8']
+    assert oct(os.stat(out / '3').st_mode & 0o777) == oct(0o777 & ~current_umask())
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize('case', ['missing model', 'bad precision', 'out under a file', 'bad version'])
+def test_failed_export_is_one_line_and_leaves_nothing(tiny, tmp_path, capsys, case):
+    models, _ = tiny
+    out = tmp_path / 'new' / 'exp'
+    args = dict(model_name='tiny', models_dir=models, out=str(out))
+    expected = {'missing model': 'model nope not found', 'bad precision': '--precision must be one of',
+                'out under a file': 'Not a directory', 'bad version': '--version must be an integer >= 1'}[case]
+    if case == 'missing model':
+        args['model_name'] = 'nope'
+    elif case == 'bad precision':
+        args['precision'] = 'float16'
+    elif case == 'out under a file':
+        (tmp_path / 'new').write_text('a file')
+    else:
+        args['version'] = 0
+    status, stdout, err = run_cli(capsys, *[f'--{k}={v}' for k, v in args.items()])
+    assert status == 1 and stdout == ''
+    assert err.startswith('export.py: error: ') and err.count('\n') == 1 and expected in err, err
+    assert os.listdir(tmp_path) == ([] if case != 'out under a file' else ['new'])
+
+
+def test_export_failing_midway_leaves_nothing(tiny, tmp_path, monkeypatch):
+    models, _ = tiny
+    out = tmp_path / 'a' / 'b'
+    (tmp_path / 'a').mkdir()
+    real_save = tf.saved_model.save
+
+    def save_then_fail(obj, path, signatures=None):
+        real_save(obj, path, signatures=signatures)    # a whole SavedModel, but in the temporary folder
+        assert os.path.isfile(os.path.join(path, 'saved_model.pb'))
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(tf.saved_model, 'save', save_then_fail)
+    with pytest.raises(OSError):
+        export.export(os.path.join(models, 'tiny'), str(out))
+    assert os.listdir(tmp_path / 'a') == []   # out did not exist, so it is gone again; a stays
