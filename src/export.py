@@ -21,7 +21,8 @@ import secrets
 import shutil
 import time
 
-import cli  # first: it imports TensorFlow without its start-up log lines
+import cli
+cli.import_tensorflow_quietly()   # before model, checkpoint, ...: TensorFlow without its start-up noise
 import tensorflow as tf
 
 import checkpoint

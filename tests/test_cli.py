@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, SRC
 
-TF_SCRIPTS = ['interactive_conditional_samples.py', 'generate_unconditional_samples.py', 'train.py', 'eval.py']
+TF_SCRIPTS = ['interactive_conditional_samples.py', 'generate_unconditional_samples.py', 'train.py', 'eval.py', 'export.py']
 NOISE = [   # lines TensorFlow 2.21 writes at every start on a CPU machine (see cli.TF_NOISE)
     'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR',
     'I0000 00:00:1795992428.722033    7348 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will '
