@@ -12,6 +12,7 @@ the sequence is cut to its last `keep` tokens, which are fed again from position
 
 Reading order: the public functions, then the Decoder (prefill, one-token step, draw), then helpers.
 """
+import inspect
 import os
 import secrets
 import threading
@@ -75,7 +76,7 @@ def _stream(decoder, params, rows, length, keep, settings, seed):
     n_ctx = decoder.hparams['n_ctx']
     weights = decoder.weights(params)
     cache = decoder.new_cache()
-    first_draw, step = decoder.chooser(*settings), decoder.stepper(*settings)
+    first_draw, step = decoder.chooser(*settings), decoder.stepper(*settings)(weights, cache)
     seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
     # Every row's tokens, right-aligned: column `longest` holds each row's first new token.
     longest = max(len(r) for r in rows)
@@ -95,8 +96,8 @@ def _stream(decoder, params, rows, length, keep, settings, seed):
             logits, pending = decoder.prefill(weights, cache, tf.constant(tokens[:, base:t]), start, capacity)
             token = first_draw(logits, seeds(i))
         else:
-            token, pending = step(weights, cache, pending, tf.constant(tokens[:, t - 1]),
-                                  tf.constant(t - 1 - base, tf.int32), start, seeds(i))
+            token, pending = step(pending, tf.constant(tokens[:, t - 1]), tf.constant(t - 1 - base, tf.int32),
+                                  start, seeds(i))
         tokens[:, t] = token = token.numpy()
         yield token
 
@@ -309,21 +310,26 @@ class Decoder:
         return self._compile('logits', self._step, jit=self.xla)
 
     def stepper(self, temperature, top_k, top_p):
-        """A function (weights, cache, pending, tokens int32 [batch], pos, start, seed [2]) -> (next tokens
-        int32 [batch], pending): feeds `tokens` at slot pos and draws what follows (see _step).  Greedy and top-k draws are compiled into the XLA
+        """A function (weights, cache) -> step, for one call's weights and cache, where step is a function
+        (pending, tokens int32 [batch], pos, start, seed [2]) -> (next tokens int32 [batch], pending) that
+        feeds `tokens` at slot pos and draws what follows (see _step).  Greedy and top-k draws are compiled into the XLA
         step (one call per token, and XLA's top-k is faster than TensorFlow's); a draw from the whole
         vocabulary sorts or samples 50k logits, which XLA on CPU does slower, so that runs after the step."""
         if self.xla and (temperature == 0 or top_k > 0):
             def step_and_draw(weights, cache, pending, tokens, pos, start, seed):
                 logits, pending = self._step(weights, cache, pending, tokens, pos, start, self.output_major)
                 return choose(logits, seed, temperature, top_k, top_p), pending
-            return self._compile(('step', temperature, top_k, top_p), step_and_draw, jit=True)
-        step, pick = self.logits_step(), self.chooser(temperature, top_k, top_p)
+            return self._compile(('step', temperature, top_k, top_p), step_and_draw, jit=True).bind
+        logits_step, pick = self.logits_step(), self.chooser(temperature, top_k, top_p)
 
-        def step_then_draw(weights, cache, pending, tokens, pos, start, seed):
-            logits, pending = step(weights, cache, pending, tokens, pos, start)
-            return pick(logits, seed), pending
-        return step_then_draw
+        def bind(weights, cache):
+            step = logits_step.bind(weights, cache)
+
+            def step_then_draw(pending, tokens, pos, start, seed):
+                logits, pending = step(pending, tokens, pos, start)
+                return pick(logits, seed), pending
+            return step_then_draw
+        return bind
 
     def chooser(self, temperature, top_k, top_p):
         """A compiled function (logits [batch, n_vocab], seed [2]) -> next tokens int32 [batch]."""
@@ -351,27 +357,30 @@ class _Compiled:
 
     def __init__(self, fn, jit):
         self.function = tf.function(fn, autograph=False, jit_compile=jit or None)
+        # the arguments after weights and cache: those without a default
+        self._arity = sum(p.default is p.empty for p in inspect.signature(fn).parameters.values()) - 2
         self._concrete = {}
         self._lock = threading.Lock()
 
-    def concrete(self, weights, cache, pending, *rest):
+    def bind(self, weights, cache):
+        """This step for one call's weights and cache: a function of the remaining arguments (pending,
+        tokens, pos, start and, for steps that draw, the seed)."""
         structure = tuple((k, tuple(v.shape), v.dtype, isinstance(v, tf.Variable))
                           for group in ('params', 'copies') for k, v in sorted(weights[group].items()))
         with self._lock:
             if structure not in self._concrete:
-                # tokens [batch], pos, start [batch] and, for steps that draw, the seed [2]
-                specs = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32),
-                         tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int32)][:len(rest)]
-                pending = tf.TensorSpec([pending.shape[0], None, 2, pending.shape[3], 1, pending.shape[5]],
-                                        pending.dtype)
-                self._concrete[structure] = self.function.get_concrete_function(weights, cache, pending, *specs)
-            return self._concrete[structure]
+                heads, hd = cache[0][0].shape[1], cache[0][0].shape[3]
+                specs = [tf.TensorSpec([len(cache), None, 2, heads, 1, hd], cache[0][0].dtype),   # pending
+                         tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32),           # tokens, pos
+                         tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int32)]          # start, seed
+                self._concrete[structure] = self.function.get_concrete_function(weights, cache, *specs[:self._arity])
+            concrete = self._concrete[structure]
+        head = [a.handle if isinstance(a, tf.Variable) else a for a in tf.nest.flatten((weights, cache))]
+        captured = concrete.captured_inputs
+        return lambda *rest: concrete._call_flat(head + list(rest), captured)   # see the class docstring
 
-    def __call__(self, weights, cache, pending, *rest):
-        concrete = self.concrete(weights, cache, pending, *rest)
-        flat = [a.handle if isinstance(a, tf.Variable) else a
-                for a in tf.nest.flatten((weights, cache, pending, rest))]
-        return concrete._call_flat(flat, concrete.captured_inputs)   # noqa: SLF001 (see the class docstring)
+    def __call__(self, weights, cache, *rest):
+        return self.bind(weights, cache)(*rest)
 
     def experimental_get_tracing_count(self):
         return self.function.experimental_get_tracing_count()

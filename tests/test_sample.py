@@ -245,7 +245,7 @@ def test_compiled_step_is_traced_once_for_all_shapes(tiny, top_k):
                                top_k=top_k)
     d = sample.decoder_for(h)
     if top_k and d.xla:   # the top-k draw is compiled into the XLA step
-        assert d.stepper(1.0, top_k, 1.0).experimental_get_tracing_count() == 1
+        assert d._compiled[('step', 1.0, top_k, 1.0)].experimental_get_tracing_count() == 1
     else:
         assert d.logits_step().experimental_get_tracing_count() == 1
 
