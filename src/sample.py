@@ -292,8 +292,8 @@ class Decoder:
             p = dict(p, **{k: _OutputMajor(w_t) for k, w_t in copies.items() if k != 'model/wte'})
         x = tf.gather(p['model/wte'], tokens) + tf.gather(p['model/wpe'], positions)
         presents = []
-        for layer in range(h['n_layer']):
-            x, present = model.block(x, p, f'model/h{layer}', h['n_head'], None if pasts is None else pasts[layer], mask)
+        for layer, past in enumerate(pasts or [None] * h['n_layer']):
+            x, present = model.block(x, p, f'model/h{layer}', h['n_head'], past, mask)
             presents.append(present)
         last = model.norm(x[:, -1], p['model/ln_f/g'], p['model/ln_f/b'])                # [batch, n_embd]
         if vocab_major:
