@@ -67,11 +67,9 @@ def norm(x, g, b, epsilon=1e-5):
 
 
 def conv1d(x, w, b):
-    """The checkpoint's 1x1 convolution, i.e. x @ w[0] + b.  x: [..., nx], w: [1, nx, nf], or a function
-    that computes x @ w[0] for x [rows, nx] some other way (the sampler passes a faster form)."""
+    """The checkpoint's 1x1 convolution: x [..., nx] @ w[0] + b, for w [1, nx, nf] and b [nf]."""
     *start, nx = shape_list(x)
-    x = tf.reshape(x, [-1, nx])
-    y = (w(x) if callable(w) else tf.matmul(x, tf.reshape(w, [nx, w.shape[-1]]))) + b        # [rows, nf]
+    y = tf.reshape(x, [-1, nx]) @ w[0] + b                                               # [rows, nf]
     return tf.reshape(y, start + [y.shape[-1]])
 
 
@@ -88,45 +86,42 @@ def merge_heads(x):
     return tf.reshape(x, start + [a * b])
 
 
-def attention_mask(nd, ns, dtype=tf.float32):
-    """1 where destination i (of the last nd positions) may see source j (of ns): j <= i + ns - nd."""
+def attention_mask(nd, ns):
+    """True where destination i (of the last nd positions) may see source j (of ns): j <= i + ns - nd."""
     i = tf.range(nd)[:, None]
     j = tf.range(ns)
-    return tf.cast(i >= j - ns + nd, dtype)
+    return i >= j - ns + nd
 
 
-def multihead_attn(q, k, v, mask=None):
-    """softmax(q k^T / sqrt(d)) v under a mask.  q: [batch, heads, nd, hd]; k, v: [batch, heads, ns, hd].
+def attn(x, params, scope, n_head, past=None, mask=None):
+    """Masked multi-head self-attention of x [batch, seq, n_embd] over the past's keys and its own.
 
-    mask: bool [nd, ns], True where a query may see a key; by default causal, anchored bottom-right."""
-    # Scores and softmax in float32 whatever the precision of q, k, v (mixed precision).
-    w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * tf.math.rsqrt(float(k.shape[-1]))
-    if mask is None:                                                                   # w: [batch, heads, nd, ns]
-        _, _, nd, ns = shape_list(w)
-        b = attention_mask(nd, ns)
-        w = w * b - 1e10 * (1 - b)
-    else:
-        w = tf.where(mask, w, -1e10)
-    return tf.matmul(tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v)
-
-
-def attn(x, params, scope, n_head, past=None, cache=None):
-    """Self-attention.  past: [batch, 2, heads, past_seq, hd]; returns (a, present [batch, 2, heads, seq, hd]).
-
-    cache: instead of past, a function (k, v) -> (keys, values, mask) that stores this step's keys and
-    values [batch, heads, seq, hd] and returns everything to attend to (the sampler's in-place cache)."""
+    past: [batch, 2, heads, past_seq, head_dim], the keys and values of earlier positions.
+    mask: bool, broadcastable to [batch, heads, seq, past_seq + seq], True where a position may attend;
+    by default causal.  Returns (a [batch, seq, n_embd], present [batch, 2, heads, seq, head_dim])."""
     c = conv1d(x, params[scope + '/c_attn/w'], params[scope + '/c_attn/b'])
-    q, k, v = (split_heads(t, n_head) for t in tf.split(c, 3, axis=2))
+    q, k, v = (split_heads(t, n_head) for t in tf.split(c, 3, axis=2))                 # [batch, heads, seq, hd]
     present = tf.stack([k, v], axis=1)
-    mask = None
-    if past is not None:
-        pk, pv = tf.unstack(past, axis=1)
-        k = tf.concat([pk, k], axis=-2)
-        v = tf.concat([pv, v], axis=-2)
-    if cache is not None:
-        k, v, mask = cache(k, v)
-    a = merge_heads(multihead_attn(q, k, v, mask))
+    keys, values = ([k], [v]) if past is None else ([past[:, 0], k], [past[:, 1], v])
+    a = merge_heads(multihead_attn(q, keys, values, mask))
     return conv1d(a, params[scope + '/c_proj/w'], params[scope + '/c_proj/b']), present
+
+
+def multihead_attn(q, keys, values, mask=None):
+    """softmax(q K^T / sqrt(d)) V, where K and V are the blocks of keys and values laid end to end
+    (attending to each block in turn spares copying a long past).  q: [batch, heads, nd, hd]; each block
+    [batch, heads, n_i, hd]."""
+    # Scores and softmax in float32 whatever the precision of q, k, v (mixed precision).
+    scale = tf.math.rsqrt(float(q.shape[-1]))
+    w = tf.concat([tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) for k in keys], -1) * scale
+    if mask is None:                                                                  # w: [batch, heads, nd, ns]
+        _, _, nd, ns = shape_list(w)
+        mask = attention_mask(nd, ns)
+    w = tf.nn.softmax(tf.where(mask, w, -1e10), axis=-1)
+    if len(keys) == 1:
+        return tf.matmul(tf.cast(w, values[0].dtype), values[0])
+    parts = tf.split(w, [shape_list(k)[2] for k in keys], axis=-1)
+    return tf.add_n([tf.matmul(tf.cast(p, v.dtype), v) for p, v in zip(parts, values)])
 
 
 def mlp(x, params, scope):
@@ -134,10 +129,10 @@ def mlp(x, params, scope):
     return conv1d(h, params[scope + '/c_proj/w'], params[scope + '/c_proj/b'])
 
 
-def block(x, params, scope, n_head, past=None, cache=None):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x))."""
+def block(x, params, scope, n_head, past=None, mask=None):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)).  Returns (x, present)."""
     a, present = attn(norm(x, params[scope + '/ln_1/g'], params[scope + '/ln_1/b']),
-                      params, scope + '/attn', n_head, past, cache)
+                      params, scope + '/attn', n_head, past, mask)
     x = x + a
     x = x + mlp(norm(x, params[scope + '/ln_2/g'], params[scope + '/ln_2/b']), params, scope + '/mlp')
     return x, present
@@ -151,8 +146,9 @@ def positions_for(tokens, past_length):
 def model(hparams, X, past=None, params=None, scope='model'):
     """GPT-2 forward pass.
 
-    X: int32 [batch, seq]; past: None or [batch, n_layer, 2, n_head, past_seq, head_dim].
-    Returns {'logits': float32 [batch, seq, n_vocab], 'present': [batch, n_layer, 2, n_head, seq, head_dim]}.
+    X: int32 [batch, seq]; past: None or [batch, n_layer, 2, n_head, past_seq, head_dim] (the `present`
+    of earlier calls, concatenated on its seq axis); both may be tensors, numpy arrays or nested lists.
+    Returns {'logits': [batch, seq, n_vocab], 'present': [batch, n_layer, 2, n_head, seq, head_dim]}.
     """
     if params is None:
         raise ModelError('model(): pass params=..., from checkpoint.load(model_dir) or checkpoint.init_params(hparams)')
@@ -162,6 +158,11 @@ def model(hparams, X, past=None, params=None, scope='model'):
     X = tf.cast(X, tf.int32)
     if X.shape.rank != 2:
         raise ModelError(f'model(): X must be [batch, seq], got shape {X.shape}')
+    if past is not None:
+        past = tf.convert_to_tensor(past, dtype=params[scope + '/wte'].dtype)
+        if past.shape.rank != 6:
+            raise ModelError(f'model(): past must be [batch, n_layer, 2, n_head, past_seq, head_dim], '
+                             f'got shape {past.shape}')
     past_length = 0 if past is None else shape_list(past)[-2]
     _check_inputs(hparams, X, past_length)
 

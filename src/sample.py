@@ -1,12 +1,22 @@
-"""Sampling from GPT-2: truncation of the logits (top-k, nucleus) and a fast cached decoder.
+"""Sampling from GPT-2: a cached decoder that streams tokens, with top-k and nucleus truncation.
 
-The decoder keeps a key/value cache of each layer in a preallocated buffer that is written in place
-(one slot per new token), runs the prompt through the model in a single eager pass, and compiles the
-one-token step (with XLA where available, the greedy or top-k draw included) once per batch size and
-buffer size, reused across calls.
+Every call owns its key/value cache: one buffer per layer, written in place, one slot per new token.
+What is expensive is shared by all calls on the same model shape: the compiled one-token step (with XLA
+where available, the greedy or top-k draw included), and, for each set of frozen weights, the transposed
+copies of them that the step multiplies with; those copies go when the weights go.
+
+Prompts of different lengths are left-padded to the longest: the padding is masked out of attention, and
+each row's position ids start at 0 at its first real token.  Past the context window, the rule is: each
+new token is predicted from at most n_ctx tokens; when the tokens since the last cut would exceed n_ctx,
+the sequence is cut to its last `keep` tokens, which are fed again from position 0.
+
+Reading order: the public functions, then the Decoder (prefill, one-token step, draw), then helpers.
 """
+import inspect
 import os
 import secrets
+import threading
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +26,104 @@ import model
 
 class SampleError(ValueError):
     """Sampling settings or a context that cannot be used, with the fix."""
+
+
+def sample_sequence(*, hparams, params, length, start_token=None, batch_size=None, context=None,
+                    temperature=1, top_k=0, top_p=1, seed=None, keep=None):
+    """Sample `length` tokens after each prompt; returns each prompt followed by its new tokens.
+
+    Give exactly one of `start_token` (with `batch_size`) or `context`: one prompt per row (a list of
+    token lists, which may differ in length; a numpy array or tensor [batch, n]); a single row is
+    repeated batch_size times.  The result is int32 [batch, n + length] when the prompts have equal
+    lengths, else a tf.RaggedTensor [batch, (n_i + length)].
+    temperature=0 or top_k=1 is greedy decoding; top_k=0 and top_p=1 turn those truncations off.
+    `length` may exceed the context: see the module docstring for the cut rule and `keep` (default
+    n_ctx // 2).  The same seed gives the same tokens.
+    """
+    rows = _context_rows(hparams, start_token, batch_size, context)
+    columns = list(stream_sequence(hparams=hparams, params=params, length=length, context=rows,
+                                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, keep=keep))
+    new = np.stack(columns, axis=1) if columns else np.zeros([len(rows), 0], np.int32)
+    if len({len(r) for r in rows}) == 1:
+        return tf.constant(np.concatenate([np.stack(rows), new], axis=1), tf.int32)
+    full = [np.concatenate([r, n]) for r, n in zip(rows, new)]
+    return tf.RaggedTensor.from_row_lengths(np.concatenate(full), [len(f) for f in full])
+
+
+def stream_sequence(*, hparams, params, length, start_token=None, batch_size=None, context=None,
+                    temperature=1, top_k=0, top_p=1, seed=None, keep=None):
+    """Like sample_sequence, but yields each new column of tokens (int32 numpy [batch]) as it is drawn.
+    The arguments are checked at the call, before the first token."""
+    settings = check_settings(temperature, top_k, top_p)
+    rows = _context_rows(hparams, start_token, batch_size, context)
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+        raise SampleError(f'length must be an integer >= 0, got {length!r}')
+    n_ctx = hparams['n_ctx']
+    keep = n_ctx // 2 if keep is None else keep
+    if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or not 1 <= keep < n_ctx:
+        raise SampleError(f'keep must be an integer in [1, {n_ctx - 1}] (tokens kept when the text outgrows '
+                          f'the context of {n_ctx}), got {keep!r}')
+    longest = max(len(r) for r in rows)
+    if longest > n_ctx:
+        raise SampleError(f'a prompt of {longest} tokens exceeds the model\'s context of {n_ctx} tokens; '
+                          f'truncate it to its last {n_ctx} tokens or fewer')
+    seed = secrets.randbits(31) if seed is None else int(seed)
+    return _stream(decoder_for(hparams), params, rows, int(length), int(keep), settings, seed)
+
+
+def _stream(decoder, params, rows, length, keep, settings, seed):
+    """The generator behind stream_sequence: its own cache, the decoder's shared compiled steps."""
+    n_ctx = decoder.hparams['n_ctx']
+    weights = decoder.weights(params)
+    cache = decoder.new_cache()
+    first_draw, step = decoder.chooser(*settings), decoder.stepper(*settings)(weights, cache)
+    seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
+    # Every row's tokens, right-aligned: column `longest` holds each row's first new token.
+    longest = max(len(r) for r in rows)
+    tokens = np.zeros([len(rows), longest + length], np.int32)
+    for tokens_row, row in zip(tokens, rows):
+        tokens_row[longest - len(row):longest] = row
+    window = np.array([longest - len(r) for r in rows])   # the column where each row's window starts
+    base = start = None
+    for i, t in enumerate(range(longest, longest + length)):   # draw column t
+        cut = t - window > n_ctx
+        window[cut] = t - keep
+        if i == 0 or cut.any():
+            # Feed every row's window afresh, left-padded to the longest: cache slot s holds column base + s.
+            base = window.min()
+            start = tf.constant(window - base, tf.int32)   # each row's first real slot
+            capacity = min(n_ctx, _round_up(t - base + length - i, 64))
+            logits, pending = decoder.prefill(weights, cache, tf.constant(tokens[:, base:t]), start, capacity)
+            token = first_draw(logits, seeds(i))
+        else:
+            token, pending = step(pending, tf.constant(tokens[:, t - 1]), tf.constant(t - 1 - base, tf.int32),
+                                  start, seeds(i))
+        tokens[:, t] = token = token.numpy()
+        yield token
+
+
+def check_settings(temperature=1, top_k=0, top_p=1):
+    """Validate sampling settings, returning them as (float, int, float)."""
+    def number(name, value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise SampleError(f'{name} must be a number, got {value!r}')
+        return float(value)
+    temperature = number('temperature', temperature)
+    if not np.isfinite(temperature) or temperature < 0:
+        raise SampleError(f'temperature must be >= 0 (0 means greedy), got {temperature}')
+    if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise SampleError(f'top_k must be an integer >= 0 (0 means no top-k truncation), got {top_k!r}')
+    top_p = number('top_p', top_p)
+    if not 0 < top_p <= 1:
+        raise SampleError(f'top_p must be in (0, 1] (1 means no nucleus truncation), got {top_p}')
+    return temperature, int(top_k), top_p
+
+
+def seed_stream(seed=None):
+    """Seeds for successive sample_sequence calls: a fixed seed reproduces a whole session."""
+    rng = np.random.default_rng(None if seed is None else abs(int(seed)))
+    while True:
+        yield int(rng.integers(2**31))
 
 
 def top_k_logits(logits, k):
@@ -39,144 +147,243 @@ def top_p_logits(logits, p):
     return tf.where(logits < lowest_kept, tf.cast(-1e10, logits.dtype), logits)
 
 
-def check_settings(temperature=1, top_k=0, top_p=1):
-    """Validate sampling settings, returning them as (float, int, float)."""
-    def number(name, value, kind):
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise SampleError(f'{name} must be a number, got {value!r}')
-        return value
-    temperature = float(number('temperature', temperature, (int, float)))
-    if not np.isfinite(temperature) or temperature < 0:
-        raise SampleError(f'temperature must be >= 0 (0 means greedy), got {temperature}')
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
-        raise SampleError(f'top_k must be an integer >= 0 (0 means no top-k truncation), got {top_k!r}')
-    top_p = float(number('top_p', top_p, (int, float)))
-    if not 0 < top_p <= 1:
-        raise SampleError(f'top_p must be in (0, 1] (1 means no nucleus truncation), got {top_p}')
-    return temperature, int(top_k), top_p
+def _context_rows(hparams, start_token, batch_size, context):
+    """The prompts as a list of int32 numpy rows (lengths may differ), validated."""
+    if (start_token is None) == (context is None):
+        raise SampleError('specify exactly one of start_token or context')
+    if start_token is not None:
+        if batch_size is None:
+            raise SampleError('start_token needs batch_size')
+        context = [[start_token]] * int(batch_size)
+    if isinstance(context, tf.Tensor):
+        context = context.numpy()
+    if isinstance(context, np.ndarray) and context.ndim != 1 or (
+            not isinstance(context, np.ndarray) and len(context) and not np.isscalar(context[0])):
+        rows = [np.asarray(r) for r in context]
+    else:
+        rows = [np.asarray(context)]   # one prompt
+    for r in rows:
+        if r.ndim != 1:
+            raise SampleError(f'context must be [batch, tokens] (a list of token lists), got a row of shape {r.shape}')
+        if r.size and not np.issubdtype(r.dtype, np.integer):
+            raise SampleError(f'context must hold integer token ids, got {r.dtype}')
+    if len(rows) == 1 and batch_size is not None:
+        rows = rows * int(batch_size)
+    if batch_size is not None and len(rows) != batch_size:
+        raise SampleError(f'context has {len(rows)} rows but batch_size is {batch_size}')
+    if not rows or min(r.size for r in rows) == 0:
+        raise SampleError('context is empty; give at least one token (e.g. <|endoftext|>, id 50256)')
+    if min(r.min() for r in rows) < 0 or max(r.max() for r in rows) >= hparams['n_vocab']:
+        raise SampleError(f'context holds token ids outside [0, {hparams["n_vocab"]})')
+    return [r.astype(np.int32) for r in rows]
+
+
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+# --- the decoder ----------------------------------------------------------------------------------------
+
+_decoders = {}
+_decoders_lock = threading.Lock()
+
+
+def decoder_for(hparams):
+    """The Decoder shared by every call on this model shape (and XLA/copies setting)."""
+    key = (tuple(sorted(hparams.items())), xla_available(), _copies_allowed())
+    with _decoders_lock:
+        if key not in _decoders:
+            _decoders[key] = Decoder(hparams)
+        return _decoders[key]
 
 
 class Decoder:
-    """A compiled, cached GPT-2 decoder for one set of weights.
+    """The compiled forward passes of one model shape.  They hold no weights and no sequence state: the
+    weights (see weights()) and a cache (see new_cache()) are arguments, so any number of calls, one after
+    the other or at the same time, share one compiled step.
 
-    `params` may hold tensors or tf.Variables; variables are read at every step, so a decoder built
-    during training samples from the current weights.
+    Step forms: `xla` compiles the one-token step with XLA (default: where available; GPT2_XLA=0 turns it
+    off); `transposed` runs the blocks' matmuls on transposed weight copies, which XLA's CPU matmul takes
+    faster for a few rows (default: under XLA on CPU, for frozen weights, when the copies fit in memory;
+    GPT2_TRANSPOSED_COPIES=0 turns them off).
     """
 
-    def __init__(self, hparams, params, xla=None):
-        self.hparams, self.params = hparams, params
-        wte = params['model/wte']
-        frozen = not any(isinstance(w, tf.Variable) for w in params.values())
-        # Frozen weights: a [n_embd, n_vocab] copy makes the logits matmul (the largest one) ~1.3-1.9x faster.
-        self.wte_t = tf.transpose(wte) if frozen else None
-        n, heads = hparams['n_layer'], hparams['n_head']
-        # Per layer: keys and values [batch, heads, capacity, head_dim], reallocated by prefill().
-        shape = tf.TensorShape([None, heads, None, hparams['n_embd'] // heads])
-        empty = tf.zeros([0] + shape[1:2].as_list() + [0] + shape[3:].as_list())
-        self.k_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
-        self.v_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
-        # The prompt pass runs eagerly: its matmuls are large, and tracing and optimising a graph for it
-        # would cost more than a second before the first token.  The one-token step that follows is
-        # compiled, with XLA where available (once per batch size and cache capacity; 1.3-1.6x faster on
-        # CPU than a plain graph), else as a graph traced once for all shapes.
+    def __init__(self, hparams, xla=None, transposed=None):
+        self.hparams = hparams
         self.xla = xla_available() if xla is None else xla
-        self._frozen, self._step_params = frozen, None
-        # The output-major matmuls (_output_major) were measured faster with XLA on CPU only; GPUs keep the
-        # plain form.
+        # The output-major forms (_OutputMajor) were measured faster under XLA on CPU only; GPUs keep the plain form.
         self.output_major = self.xla and not tf.config.list_logical_devices('GPU')
-        self.step_one = tf.function(lambda tokens, pos: self._step(tokens, pos, xla=self.xla), autograph=False,
-                                    jit_compile=self.xla or None, input_signature=[
-                                        tf.TensorSpec([None, 1], tf.int32), tf.TensorSpec([], tf.int32)])
+        self.transposed = (self.output_major and _copies_allowed()) if transposed is None else transposed
         self._compiled = {}
+        self._lock = threading.Lock()
 
-    @property
-    def step_params(self):
-        """The weights as the compiled step uses them.  Under XLA, the blocks' matmuls run on transposed
-        [nf, nx] copies (see _output_major) when the copies, as large as the blocks' weights, fit in memory
-        with room to spare (GPT2_TRANSPOSED_COPIES=0: never).  Made on first use, i.e. when the step is
-        first traced, after the first token."""
-        if self._step_params is None:
-            self._step_params = self.params
-            blocks = [k for k in self.params if k.endswith('/w') and k.startswith('model/h')]
-            size = sum(self.params[k].shape.num_elements() * self.params[k].dtype.size for k in blocks)
-            if (self.output_major and self._frozen and os.environ.get('GPT2_TRANSPOSED_COPIES', '1') != '0'
-                    and 2 * size < _free_memory()):
-                with tf.init_scope():   # made eagerly, once, even when first asked for while tracing
-                    copies = {k: _output_major(tf.transpose(self.params[k][0])) for k in blocks}
-                self._step_params = dict(self.params, **copies)
-        return self._step_params
+    def weights(self, params):
+        """The weights as the steps take them: {'params': the checkpoint's tensors (or variables, read at
+        every step), 'copies': their transposed copies, if any}.  The copies are made once per set of frozen
+        weights and dropped when those weights are (see _transposed_copies)."""
+        params = {k: v if isinstance(v, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(v)
+                  for k, v in params.items()}
+        if any(isinstance(w, tf.Variable) for w in params.values()):
+            return {'params': params, 'copies': {}}
+        names = ['model/wte']
+        if self.transposed:
+            blocks = [k for k in params if k.endswith('/w') and k.startswith('model/h')]
+            size = sum(params[k].shape.num_elements() * params[k].dtype.size for k in blocks)
+            if 2 * size < _free_memory():
+                names += blocks
+        return {'params': params, 'copies': _transposed_copies(params, names)}
 
-    def prefill(self, tokens, capacity):
-        """Start a sequence: feed the prompt tokens [batch, n] at positions 0..n-1 into fresh caches of
-        `capacity` slots; returns the last position's logits [batch, n_vocab]."""
+    def new_cache(self):
+        """A fresh key/value cache for one sequence: per layer, keys and values [batch, heads, slots,
+        head_dim], (re)allocated by prefill()."""
+        heads = self.hparams['n_head']
+        shape = tf.TensorShape([None, heads, None, self.hparams['n_embd'] // heads])
+        empty = tf.zeros([0, heads, 0, shape[3]])
+        return [(tf.Variable(empty, shape=shape, trainable=False), tf.Variable(empty, shape=shape, trainable=False))
+                for _ in range(self.hparams['n_layer'])]
+
+    def prefill(self, weights, cache, tokens, start, capacity):
+        """Feed tokens [batch, n], row r from slot start[r] on (earlier slots are padding), into fresh
+        caches of `capacity` slots; returns the last position's logits [batch, n_vocab] and its keys and
+        values (the `pending` of the first step, see _step).
+
+        The prompt pass runs eagerly: its matmuls are large, and tracing and optimising a graph for it
+        would cost more than it saves before the first token."""
         n = tokens.shape[1]
+        slots = tf.range(n)
+        positions = tf.maximum(slots[None] - start[:, None], 0)                          # [batch, n]
+        # Query slot i sees key slots j with start <= j <= i.
+        mask = (slots[None, None] <= slots[None, :, None]) & (slots[None, None] >= start[:, None, None])
+        logits, presents = self._forward(weights, tokens, positions, mask[:, None])
+        for (k, v), present in zip(cache, presents):   # present [batch, 2, heads, n, hd]
+            padded = tf.pad(present, [[0, 0], [0, 0], [0, 0], [0, capacity - n], [0, 0]])
+            k.assign(padded[:, 0])
+            v.assign(padded[:, 1])
+        return logits, tf.stack([present[..., -1:, :] for present in presents])
 
-        def cache(layer):
-            def fill(k, v):   # k, v [batch, heads, n, hd] become the first n slots; the prompt attends to itself
-                for buffer, new in ((self.k_cache[layer], k), (self.v_cache[layer], v)):
-                    buffer.assign(tf.pad(new, [[0, 0], [0, 0], [0, capacity - n], [0, 0]]))
-                return k, v, None   # no mask given: causal over the n prompt positions
-            return fill
-        return self._forward(tokens, 0, cache)
+    def _step(self, weights, cache, pending, tokens, pos, start, vocab_major=False):
+        """Write `pending`, the previous token's keys and values [n_layer, batch, 2, heads, 1, hd], at slot
+        pos - 1, then feed tokens [batch] at slot pos; returns the logits [batch, n_vocab] and this token's
+        keys and values (the next step's pending).
 
-    def _step(self, tokens, pos, xla, vocab_major=False):
-        """Feed tokens [batch, n] at positions pos..pos+n-1 after the cached ones; returns the last
-        position's logits [batch, n_vocab] (see _forward for vocab_major)."""
-        n = tf.shape(tokens)[1]
-        capacity = tf.shape(self.k_cache[0])[2]
-        # Query i (at pos + i) sees cache slots j <= pos + i; later slots hold zeros or stale keys.
-        mask = tf.range(capacity)[None, :] <= pos + tf.range(n)[:, None]                      # [n, capacity]
+        Writing a token's keys and values one step late lets the buffers be written in place before they
+        are read: under XLA, writing a buffer after reading it in the same step copies it."""
+        pasts = []
+        for (k, v), kv in zip(cache, tf.unstack(pending)):
+            pasts.append(tf.stack([_write(k, kv[:, 0], pos - 1, self.xla), _write(v, kv[:, 1], pos - 1, self.xla)],
+                                  axis=1))                                       # [batch, 2, heads, capacity, hd]
+        slots = tf.range(tf.shape(cache[0][0])[2])
+        # Cached slots start..pos-1 and the new token itself; later slots hold zeros or stale keys.
+        seen = (slots[None] >= start[:, None]) & (slots[None] < pos)                      # [batch, capacity]
+        mask = tf.concat([seen, tf.ones_like(seen[:, :1])], axis=1)[:, None, None]       # [batch, 1, 1, cap + 1]
+        logits, presents = self._forward(weights, tokens[:, None], (pos - start)[:, None], mask, pasts,
+                                         vocab_major)
+        return logits, tf.stack(presents)
 
-        def cache(layer):   # k, v: [batch, heads, n, hd] -> the whole buffers [.., capacity, hd]
-            return lambda k, v: (_write(self.k_cache[layer], k, pos, xla),
-                                 _write(self.v_cache[layer], v, pos, xla), mask)
-        return self._forward(tokens, pos, cache, self.step_params if xla else self.params, vocab_major)
+    def _forward(self, weights, tokens, positions, mask, pasts=None, vocab_major=False):
+        """model.block over tokens [batch, n] at positions [batch, n]; returns (the last position's logits
+        [batch, n_vocab], each layer's present).
 
-    def _forward(self, tokens, pos, cache, params=None, vocab_major=False):
-        """The model on tokens [batch, n] at positions pos.., with cache(layer) as each block's cache hook;
-        returns the last position's logits [batch, n_vocab].
-
-        vocab_major (under XLA only): the logits are computed as wte @ last^T (_output_major), the operand
-        order in which XLA's CPU matmul is fastest for a few rows (~8 ms instead of ~12 at batch 8).  It
-        pays when the draw follows in the same computation; returning logits made this way is slower."""
-        h, p = self.hparams, params or self.params
-        x = tf.gather(p['model/wte'], tokens) + tf.gather(p['model/wpe'], pos + tf.range(tf.shape(tokens)[1]))[None]
-        for layer in range(h['n_layer']):
-            x, _ = model.block(x, p, f'model/h{layer}', h['n_head'], cache=cache(layer))
-        last = model.norm(x[:, -1], p['model/ln_f/g'], p['model/ln_f/b'])                    # [batch, n_embd]
+        vocab_major (under XLA only): the logits are computed as wte @ last^T (_OutputMajor), the operand
+        order in which XLA's CPU matmul is fastest for a few rows.  It pays when the draw follows in the
+        same computation; returning logits made this way is slower."""
+        p, copies, h = weights['params'], weights['copies'], self.hparams
+        if self.output_major and tf.inside_function():
+            p = dict(p, **{k: _OutputMajor(w_t) for k, w_t in copies.items() if k != 'model/wte'})
+        x = tf.gather(p['model/wte'], tokens) + tf.gather(p['model/wpe'], positions)
+        presents = []
+        for layer, past in enumerate(pasts or [None] * h['n_layer']):
+            x, present = model.block(x, p, f'model/h{layer}', h['n_head'], past, mask)
+            presents.append(present)
+        last = model.norm(x[:, -1], p['model/ln_f/g'], p['model/ln_f/b'])                # [batch, n_embd]
         if vocab_major:
-            return _output_major(p['model/wte'])(last)       # wte [n_vocab, n_embd] is already output-major
-        if self.wte_t is not None:
-            return tf.matmul(last, self.wte_t)
-        return tf.matmul(last, p['model/wte'], transpose_b=True)
+            logits = last @ _OutputMajor(p['model/wte'])   # wte [n_vocab, n_embd] is already output-major
+        elif 'model/wte' in copies:
+            logits = tf.matmul(last, copies['model/wte'])
+        else:
+            logits = tf.matmul(last, p['model/wte'], transpose_b=True)
+        return logits, presents
+
+    def logits_step(self):
+        """The compiled step without the draw: (weights, cache, pending, tokens [batch], pos, start [batch])
+        -> (logits, pending)."""
+        return self._compile('logits', self._step, jit=self.xla)
+
+    def stepper(self, temperature, top_k, top_p):
+        """A function (weights, cache) -> step, for one call's weights and cache, where step is a function
+        (pending, tokens int32 [batch], pos, start, seed [2]) -> (next tokens int32 [batch], pending) that
+        feeds `tokens` at slot pos and draws what follows (see _step).  Greedy and top-k draws are compiled into the XLA
+        step (one call per token, and XLA's top-k is faster than TensorFlow's); a draw from the whole
+        vocabulary sorts or samples 50k logits, which XLA on CPU does slower, so that runs after the step."""
+        if self.xla and (temperature == 0 or top_k > 0):
+            def step_and_draw(weights, cache, pending, tokens, pos, start, seed):
+                logits, pending = self._step(weights, cache, pending, tokens, pos, start, self.output_major)
+                return choose(logits, seed, temperature, top_k, top_p), pending
+            return self._compile(('step', temperature, top_k, top_p), step_and_draw, jit=True).bind
+        logits_step, pick = self.logits_step(), self.chooser(temperature, top_k, top_p)
+
+        def bind(weights, cache):
+            step = logits_step.bind(weights, cache)
+
+            def step_then_draw(pending, tokens, pos, start, seed):
+                logits, pending = step(pending, tokens, pos, start)
+                return pick(logits, seed), pending
+            return step_then_draw
+        return bind
 
     def chooser(self, temperature, top_k, top_p):
         """A compiled function (logits [batch, n_vocab], seed [2]) -> next tokens int32 [batch]."""
-        key = (temperature, top_k, top_p)
-        if key not in self._compiled:
-            self._compiled[key] = tf.function(
-                lambda logits, seed: choose(logits, seed, temperature, top_k, top_p), autograph=False,
-                input_signature=[tf.TensorSpec([None, self.hparams['n_vocab']], tf.float32),
-                                 tf.TensorSpec([2], tf.int32)])
-        return self._compiled[key]
+        key = ('choose', temperature, top_k, top_p)
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = tf.function(
+                    lambda logits, seed: choose(logits, seed, temperature, top_k, top_p), autograph=False,
+                    input_signature=[tf.TensorSpec([None, self.hparams['n_vocab']], tf.float32),
+                                     tf.TensorSpec([2], tf.int32)])
+            return self._compiled[key]
 
-    def stepper(self, temperature, top_k, top_p):
-        """A function (tokens int32 [batch], pos, seed [2]) -> next tokens int32 [batch]: feeds `tokens` at
-        position pos and draws what follows.  Greedy and top-k draws are compiled into the XLA step (one
-        call per token, and XLA's top-k is faster than TensorFlow's); a draw from the whole vocabulary
-        sorts or samples 50k logits, which XLA on CPU does slower, so that runs after the step."""
-        key = ('step', temperature, top_k, top_p)
-        if key not in self._compiled:
-            if self.xla and (temperature == 0 or top_k > 0):
-                def step_and_draw(tokens, pos, seed):
-                    logits = self._step(tokens[:, None], pos, xla=True, vocab_major=self.output_major)
-                    return choose(logits, seed, temperature, top_k, top_p)
-                self._compiled[key] = tf.function(step_and_draw, autograph=False, jit_compile=True, input_signature=[
-                    tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32)])
-            else:
-                pick = self.chooser(temperature, top_k, top_p)
-                self._compiled[key] = lambda tokens, pos, seed: pick(self.step_one(tokens[:, None], pos), seed)
-        return self._compiled[key]
+    def _compile(self, key, fn, jit):
+        """fn(weights, cache, pending, tokens, pos, start, *rest) as a _Compiled step, made once per key."""
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = _Compiled(fn, jit)
+            return self._compiled[key]
+
+
+class _Compiled:
+    """A step traced once for all batch sizes and cache sizes (per structure of weights), and called with
+    its arguments flattened in advance: a tf.function call binds each argument in Python, tens of
+    microseconds apiece, and the weights are over a hundred arguments."""
+
+    def __init__(self, fn, jit):
+        self.function = tf.function(fn, autograph=False, jit_compile=jit or None)
+        # the arguments after weights and cache: those without a default
+        self._arity = sum(p.default is p.empty for p in inspect.signature(fn).parameters.values()) - 2
+        self._concrete = {}
+        self._lock = threading.Lock()
+
+    def bind(self, weights, cache):
+        """This step for one call's weights and cache: a function of the remaining arguments (pending,
+        tokens, pos, start and, for steps that draw, the seed)."""
+        structure = tuple((k, tuple(v.shape), v.dtype, isinstance(v, tf.Variable))
+                          for group in ('params', 'copies') for k, v in sorted(weights[group].items()))
+        with self._lock:
+            if structure not in self._concrete:
+                heads, hd = cache[0][0].shape[1], cache[0][0].shape[3]
+                specs = [tf.TensorSpec([len(cache), None, 2, heads, 1, hd], cache[0][0].dtype),   # pending
+                         tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32),           # tokens, pos
+                         tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int32)]          # start, seed
+                self._concrete[structure] = self.function.get_concrete_function(weights, cache, *specs[:self._arity])
+            concrete = self._concrete[structure]
+        head = [a.handle if isinstance(a, tf.Variable) else a for a in tf.nest.flatten((weights, cache))]
+        captured = concrete.captured_inputs
+        return lambda *rest: concrete._call_flat(head + list(rest), captured)   # see the class docstring
+
+    def __call__(self, weights, cache, *rest):
+        return self.bind(weights, cache)(*rest)
+
+    def experimental_get_tracing_count(self):
+        return self.function.experimental_get_tracing_count()
 
 
 def choose(logits, seed, temperature, top_k, top_p):
@@ -196,13 +403,6 @@ def choose(logits, seed, temperature, top_k, top_p):
     if top_p < 1:
         return _nucleus_draw(logits, top_p, seed)
     return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
-
-
-def seed_stream(seed=None):
-    """Seeds for successive sample_sequence calls: a fixed seed reproduces a whole session."""
-    rng = np.random.default_rng(None if seed is None else abs(int(seed)))
-    while True:
-        yield int(rng.integers(2**31))
 
 
 NUCLEUS_CANDIDATES = 1024
@@ -227,15 +427,42 @@ def _nucleus_draw(logits, p, seed):
     return tf.cond(covered, within_candidates, whole_vocabulary)
 
 
-def _output_major(w_t):
-    """x [rows, nx] -> x @ w for w_t = w^T [nf, nx], computed as w_t @ x^T: for a few rows, XLA's CPU matmul
-    is 15-20% faster with the weight as the left operand.  The barrier (XLA only) keeps XLA from folding
-    the transpose of the result back into the matmul, which would undo that."""
-    from tensorflow.compiler.tf2xla.python import xla as xla_ops
+class _OutputMajor:
+    """A matrix w [nx, nf] held as w_t = w^T [nf, nx], for model.conv1d's `x @ w[0]`: x @ w is computed as
+    w_t @ x^T, since for a few rows XLA's CPU matmul is faster with the weight as the left operand.  The
+    barrier (XLA only) keeps XLA from folding the transpose of the result back into the matmul, which
+    would undo that."""
 
-    def matmul(x):
-        return tf.transpose(xla_ops.optimization_barrier(tf.matmul(w_t, x, transpose_b=True))[0])
-    return matmul
+    def __init__(self, w_t):
+        self.w_t = w_t
+
+    def __getitem__(self, index):   # conv1d's w[0] of the [1, nx, nf] checkpoint weight
+        return self
+
+    def __rmatmul__(self, x):       # x [rows, nx] -> [rows, nf]
+        from tensorflow.compiler.tf2xla.python import xla as xla_ops
+        return tf.transpose(xla_ops.optimization_barrier(tf.matmul(self.w_t, x, transpose_b=True))[0])
+
+
+_copies = {}   # ids of the source tensors -> their transposed copies; emptied as the sources are freed
+_copies_lock = threading.Lock()
+
+
+def _transposed_copies(params, names):
+    """{name: transpose of params[name] as a matrix} for frozen weights, made once and kept exactly as long as
+    every source tensor lives (a weakref.finalize on each drops the copies)."""
+    key = tuple((name, id(params[name])) for name in names)
+    with _copies_lock:
+        if key in _copies:
+            return _copies[key]
+    copies = {name: tf.transpose(params[name][0] if params[name].shape.rank == 3 else params[name])
+              for name in names}
+    with _copies_lock:
+        if key not in _copies:
+            _copies[key] = copies
+            for name in names:
+                weakref.finalize(params[name], _copies.pop, key, None)
+        return _copies[key]
 
 
 def _free_memory():
@@ -261,6 +488,10 @@ def xla_available():
     return True
 
 
+def _copies_allowed():
+    return os.environ.get('GPT2_TRANSPOSED_COPIES', '1') != '0'
+
+
 def _write(cache, new, pos, xla):
     """Write new [batch, heads, n, hd] into the cache variable at slot pos, in place; return the cache."""
     if xla:
@@ -271,91 +502,3 @@ def _write(cache, new, pos, xla):
         return updated
     cache[:, :, pos:pos + tf.shape(new)[2]].assign(new)
     return cache.read_value()
-
-
-_decoders = []   # the most recent (params, Decoder) pairs, so repeated calls reuse the compiled step
-
-
-def decoder_for(hparams, params):
-    """The cached Decoder for these params (the same dict object), or a new one."""
-    for p, d in _decoders:
-        if p is params and d.hparams == hparams:
-            return d
-    d = Decoder(hparams, params)
-    _decoders.insert(0, (params, d))
-    del _decoders[2:]
-    return d
-
-
-def _context_array(hparams, start_token, batch_size, context):
-    """The prompt as int32 [batch, n], validated."""
-    if (start_token is None) == (context is None):
-        raise SampleError('specify exactly one of start_token or context')
-    if start_token is not None:
-        if batch_size is None:
-            raise SampleError('start_token needs batch_size')
-        context = [[start_token]] * int(batch_size)
-    if isinstance(context, tf.Tensor):
-        context = context.numpy()
-    try:
-        ctx = np.asarray(context)
-    except ValueError:
-        raise SampleError('context rows must all have the same length') from None
-    if ctx.dtype == object:
-        raise SampleError('context rows must all have the same length (pad or group prompts by length)')
-    if ctx.ndim == 1:
-        ctx = np.tile(ctx[None], [int(batch_size or 1), 1])
-    if ctx.ndim != 2:
-        raise SampleError(f'context must be [batch, tokens], got shape {ctx.shape}')
-    if ctx.size and not np.issubdtype(ctx.dtype, np.integer):
-        raise SampleError(f'context must hold integer token ids, got {ctx.dtype}')
-    if batch_size is not None and ctx.shape[0] != batch_size:
-        raise SampleError(f'context has {ctx.shape[0]} rows but batch_size is {batch_size}')
-    if ctx.shape[0] == 0 or ctx.shape[1] == 0:
-        raise SampleError('context is empty; give at least one token (e.g. <|endoftext|>, id 50256)')
-    if ctx.min() < 0 or ctx.max() >= hparams['n_vocab']:
-        raise SampleError(f'context holds token ids outside [0, {hparams["n_vocab"]})')
-    return ctx.astype(np.int32)
-
-
-def stream_sequence(*, hparams, params, length, start_token=None, batch_size=None, context=None,
-                    temperature=1, top_k=0, top_p=1, seed=None):
-    """Like sample_sequence, but yields each new column of tokens (int32 numpy [batch]) as it is drawn."""
-    temperature, top_k, top_p = check_settings(temperature, top_k, top_p)
-    ctx = _context_array(hparams, start_token, batch_size, context)
-    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
-        raise SampleError(f'length must be an integer >= 0, got {length!r}')
-    batch, n = ctx.shape
-    if n + length > hparams['n_ctx']:
-        raise SampleError(f'{n} context tokens + {length} new ones exceed the model\'s context of '
-                          f'{hparams["n_ctx"]} tokens; shorten the prompt or lower length')
-    if length == 0:
-        return
-    seed = secrets.randbits(31) if seed is None else int(seed)
-    decoder = decoder_for(hparams, params)
-    first, step = decoder.chooser(temperature, top_k, top_p), decoder.stepper(temperature, top_k, top_p)
-    seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
-    # Capacity rounded up to a multiple of 64 bounds the attention work without a fresh buffer per length.
-    capacity = min(hparams['n_ctx'], -(-(n + length) // 64) * 64)
-    token = first(decoder.prefill(tf.constant(ctx), capacity), seeds(0))
-    yield token.numpy()
-    for i in range(1, length):
-        token = step(token, tf.constant(n + i - 1), seeds(i))
-        yield token.numpy()
-
-
-def sample_sequence(*, hparams, params, length, start_token=None, batch_size=None, context=None,
-                    temperature=1, top_k=0, top_p=1, seed=None):
-    """Sample `length` tokens after a context; returns int32 [batch, context_len + length].
-
-    Give exactly one of `start_token` (with `batch_size`) or `context` ([batch, n] ids as a list of
-    lists, numpy array or tensor; each row is its own prompt; a single row is repeated batch_size times).
-    temperature=0 or top_k=1 is greedy decoding; top_k=0 and top_p=1 turn those truncations off.
-    The same seed gives the same tokens.
-    """
-    columns = list(stream_sequence(hparams=hparams, params=params, length=length, start_token=start_token,
-                                   batch_size=batch_size, context=context, temperature=temperature,
-                                   top_k=top_k, top_p=top_p, seed=seed))
-    ctx = _context_array(hparams, start_token, batch_size, context)
-    new = np.stack(columns, axis=1) if columns else np.zeros([ctx.shape[0], 0], np.int32)
-    return tf.constant(np.concatenate([ctx, new], axis=1), tf.int32)

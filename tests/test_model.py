@@ -118,17 +118,24 @@ def test_incremental_decoding_with_past_equals_full_pass(chunks):
     np.testing.assert_allclose(past.numpy(), full['present'].numpy(), atol=1e-5)
 
 
-def test_conv1d_takes_the_checkpoint_weight_or_a_function():
+def test_conv1d_is_the_checkpoint_matmul():
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(2, 3, 5)).astype(np.float32))
     w = tf.constant(rng.normal(size=(1, 5, 7)).astype(np.float32))
     b = tf.constant(rng.normal(size=7).astype(np.float32))
     expected = np.einsum('bsi,io->bso', x.numpy(), w.numpy()[0]) + b.numpy()
     np.testing.assert_allclose(model.conv1d(x, w, b).numpy(), expected, atol=1e-5)
-    w_t = tf.transpose(w[0])
-    via = model.conv1d(x, lambda rows: tf.transpose(tf.matmul(w_t, rows, transpose_b=True)), b)
-    assert via.shape == (2, 3, 7)
-    np.testing.assert_allclose(via.numpy(), expected, atol=1e-5)
+
+
+def test_past_may_be_numpy():
+    h = hp(HPARAM_SETS[0])
+    p = {k: tf.constant(v) for k, v in random_params(h, seed=7).items()}
+    tokens = np.random.default_rng(8).integers(0, h.n_vocab, size=(2, 9))
+    full = model.model(h, tokens, params=p)['logits'].numpy()
+    past = model.model(h, tokens[:, :5], params=p)['present'].numpy()
+    for given in (past, past.tolist()):
+        out = model.model(h, tokens[:, 5:], past=given, params=p)['logits'].numpy()
+        np.testing.assert_allclose(out, full[:, 5:], atol=1e-4)
 
 
 def test_default_hparams_are_124M():

@@ -1,4 +1,8 @@
 """sample.py: the cached decoder against full forward passes, truncation against numpy, settings."""
+import gc
+import threading
+import weakref
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -32,6 +36,22 @@ def contexts(h, batch, n, seed=0):
     return np.random.default_rng(seed).integers(0, h.n_vocab, size=(batch, n))
 
 
+def argmax_row(h, p, row, length, keep=None):
+    """A greedy continuation of one row by full forward passes, under the cut rule: each token is predicted
+    from at most n_ctx tokens; when the tokens since the last cut would exceed n_ctx, the last `keep` stay."""
+    keep = h.n_ctx // 2 if keep is None else keep
+    seq, first = [int(t) for t in row], 0
+    for _ in range(length):
+        if len(seq) - first > h.n_ctx:
+            first = len(seq) - keep
+        seq.append(int(full_logits(h, p, [seq[first:]]).argmax()))
+    return seq
+
+
+def argmax_loop(h, p, ctx, length, keep=None):
+    return np.array([argmax_row(h, p, row, length, keep) for row in ctx])
+
+
 def test_greedy_equals_argmax_loop_over_full_forward_passes(tiny):
     h, p = tiny
     ctx = contexts(h, 3, 7)
@@ -58,8 +78,107 @@ def test_start_token_and_single_row_context(tiny):
     h, p = tiny
     a = sample.sample_sequence(hparams=h, params=p, length=6, start_token=5, batch_size=2, top_k=1).numpy()
     b = sample.sample_sequence(hparams=h, params=p, length=6, context=[5], batch_size=2, top_k=1).numpy()
+    c = sample.sample_sequence(hparams=h, params=p, length=6, context=[[5]], batch_size=2, top_k=1).numpy()
     assert a.shape == (2, 7) and np.all(a[:, 0] == 5)
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+# --- independent streams -------------------------------------------------------------------------------
+
+def two_calls(h, p):
+    """Two sampling calls that differ in prompt, prompt length and settings, with the same batch size."""
+    return (dict(hparams=h, params=p, length=14, context=contexts(h, 2, 5, seed=10), seed=1, top_k=20),
+            dict(hparams=h, params=p, length=14, context=contexts(h, 2, 9, seed=11), seed=2, temperature=0.8))
+
+
+def test_interleaved_streams_equal_each_alone(tiny):
+    h, p = tiny
+    calls = two_calls(h, p) + (dict(two_calls(h, p)[0], context=contexts(h, 3, 4, seed=12)),)
+    alone = [np.stack(list(sample.stream_sequence(**kw)), 1) for kw in calls]
+    together = [[], [], []]
+    for columns in zip(*[sample.stream_sequence(**kw) for kw in calls]):
+        for out, column in zip(together, columns):
+            out.append(column)
+    for a, t in zip(alone, together):
+        np.testing.assert_array_equal(np.stack(t, 1), a)
+
+
+def test_two_threads_equal_each_alone(tiny):
+    h, p = tiny
+    calls = two_calls(h, p)
+    alone = [sample.sample_sequence(**kw).numpy() for kw in calls]
+    results, barrier = [None, None], threading.Barrier(2)
+
+    def work(i):
+        barrier.wait()
+        results[i] = [sample.sample_sequence(**calls[i]).numpy() for _ in range(3)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, runs in zip(alone, results):
+        for r in runs:
+            np.testing.assert_array_equal(r, a)
+
+
+def test_no_weights_outlive_their_owner(tiny):
+    """Neither the decoder nor the transposed copies keep a caller's weights alive once they are dropped."""
+    h, p = tiny
+    own = {k: tf.constant(v.numpy()) for k, v in p.items()}
+    sample.sample_sequence(hparams=h, params=own, length=5, context=[[1, 2]], top_k=3, seed=1)
+    refs = [weakref.ref(v) for v in own.values()]
+    copies = len(sample._copies)
+    del own
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert len(sample._copies) == copies - 1
+
+
+# --- prompts of different lengths, text longer than the context --------------------------------------------
+
+def test_ragged_rows_equal_each_row_alone(tiny):
+    h, p = tiny
+    rows = [contexts(h, 1, n, seed=n)[0].tolist() for n in (3, 7, 12)]
+    out = sample.sample_sequence(hparams=h, params=p, length=20, context=rows, top_k=1)
+    assert isinstance(out, tf.RaggedTensor) and out.dtype == tf.int32
+    assert out.row_lengths().numpy().tolist() == [23, 27, 32]
+    for row, got in zip(rows, out.to_list()):
+        assert got == argmax_row(h, p, row, 20)
+    columns = list(sample.stream_sequence(hparams=h, params=p, length=20, context=rows, top_k=1))
+    assert [c.shape for c in columns] == [(3,)] * 20 and columns[0].dtype == np.int32
+    assert [list(r) for r in np.stack(columns, 1)] == [got[len(row):] for row, got in zip(rows, out.to_list())]
+
+
+@pytest.mark.parametrize('keep', [None, 5, 47])
+@pytest.mark.parametrize('lengths', [(7, 7), (3, 30)])
+def test_past_the_context(tiny, keep, lengths):
+    """110 tokens past a context of 48 under the cut rule, for equal and for ragged rows; the stream is the
+    same sequence."""
+    h, p = tiny
+    rows = [contexts(h, 1, n, seed=n + 1)[0].tolist() for n in lengths]
+    kw = dict(hparams=h, params=p, length=110, context=rows, top_k=1, keep=keep)
+    out = sample.sample_sequence(**kw)
+    out = out.to_list() if isinstance(out, tf.RaggedTensor) else out.numpy().tolist()
+    for row, got in zip(rows, out):
+        assert got == argmax_row(h, p, row, 110, keep)
+    streamed = np.stack(list(sample.stream_sequence(**kw)), 1)
+    assert [list(r) for r in streamed] == [got[len(row):] for row, got in zip(rows, out)]
+
+
+def test_a_prompt_of_the_whole_context_continues(tiny):
+    h, p = tiny
+    row = contexts(h, 1, h.n_ctx, seed=13)
+    out = sample.sample_sequence(hparams=h, params=p, length=30, context=row, top_k=1, keep=10).numpy()
+    assert out[0].tolist() == argmax_row(h, p, row[0], 30, keep=10)
+
+
+def test_numpy_settings():
+    assert sample.check_settings(np.float32(0.5), np.int64(3), np.float64(0.9)) == (0.5, 3, 0.9)
+    assert sample.check_settings(np.int32(1), 0, np.float32(1)) == (1.0, 0, 1.0)
+    with pytest.raises(sample.SampleError):
+        sample.check_settings(np.bool_(True))
 
 
 def test_top_k_samples_stay_in_the_k_most_likely(tiny):
@@ -124,12 +243,11 @@ def test_compiled_step_is_traced_once_for_all_shapes(tiny, top_k):
     for batch, n, length in [(1, 3, 5), (2, 9, 30), (5, 1, 2), (1, 40, 8)]:
         sample.sample_sequence(hparams=h, params=p, length=length, context=contexts(h, batch, n), seed=1,
                                top_k=top_k)
-    d = sample.decoder_for(h, p)
-    fused = d.stepper(1.0, top_k, 1.0)
+    d = sample.decoder_for(h)
     if top_k and d.xla:   # the top-k draw is compiled into the XLA step
-        assert fused.experimental_get_tracing_count() == 1
+        assert d._compiled[('step', 1.0, top_k, 1.0)].experimental_get_tracing_count() == 1
     else:
-        assert d.step_one.experimental_get_tracing_count() == 1
+        assert d.logits_step().experimental_get_tracing_count() == 1
 
 
 def test_variables_are_read_at_every_call(tiny):
@@ -187,7 +305,7 @@ def test_sampling_distribution(tiny, monkeypatch, temperature, top_k, top_p, can
             pytest.skip('XLA is not available in this TensorFlow build')
         choose = tf.function(lambda x, s: sample.choose(x, s, temperature, top_k, top_p), jit_compile=True)
     else:
-        choose = sample.Decoder(h, p).chooser(temperature, top_k, top_p)
+        choose = sample.Decoder(h).chooser(temperature, top_k, top_p)
     n = 20000
     tokens = choose(tf.constant(np.tile(logits, [n, 1])), tf.constant([1, 2], tf.int32)).numpy()
     ref = sample.top_p_logits(sample.top_k_logits(tf.constant(logits[None] / temperature), top_k), top_p)
@@ -207,8 +325,11 @@ def test_sampling_distribution(tiny, monkeypatch, temperature, top_k, top_p, can
     (dict(top_p=0), 'top_p must be in (0, 1]'),
     (dict(top_p=1.5), 'top_p must be in (0, 1]'),
     (dict(length=-1), 'length must be an integer >= 0'),
-    (dict(length=45), 'exceed the model\'s context of 48'),
-    (dict(context=[[1, 2], [3]]), 'same length'),
+    (dict(context=[list(range(49))]), 'exceeds the model\'s context of 48 tokens; truncate it to its last 48'),
+    (dict(keep=0), 'keep must be an integer in [1, 47]'),
+    (dict(keep=48), 'keep must be an integer in [1, 47]'),
+    (dict(keep=2.5), 'keep must be an integer'),
+    (dict(context=[[1, 2], [[3]]]), 'context must be [batch, tokens]'),
     (dict(context=[[]]), 'context is empty'),
     (dict(context=[[1, 211]]), 'outside [0, 211)'),
     (dict(context=[[1, 2]], start_token=1), 'exactly one of'),
@@ -231,44 +352,38 @@ def test_length_zero_returns_the_context(tiny):
     np.testing.assert_array_equal(out.numpy(), [[1, 2, 3]])
 
 
-def test_xla_and_graph_steps_agree(tiny):
-    """The XLA one-token step and the graph step write the same cache and give the same logits."""
-    h, p = tiny
-    if not sample.xla_available():
-        pytest.skip('XLA is not available in this TensorFlow build')
-    ctx = tf.constant(contexts(h, 3, 6, seed=7).astype(np.int32))
-    tokens = contexts(h, 3, 10, seed=8).astype(np.int32)
-    logits = {}
-    for xla in (False, True):
-        d = sample.Decoder(h, p, xla=xla)
-        out = [d.prefill(ctx, 64)]
-        for i in range(10):
-            out.append(d.step_one(tf.constant(tokens[:, i:i + 1]), tf.constant(6 + i)))
-        logits[xla] = np.stack([o.numpy() for o in out])
-        full = model.model(h, np.concatenate([ctx.numpy(), tokens], 1), params=p)['logits'].numpy()
-        np.testing.assert_allclose(logits[xla], full[:, 5:].transpose(1, 0, 2), atol=1e-4)
-    np.testing.assert_allclose(logits[True], logits[False], atol=1e-4)
+def logits_after_each_token(d, p, tokens, n):
+    """Logits after tokens[:, :n] (a prefill), then after each further token fed by the compiled step."""
+    weights, cache = d.weights(p), d.new_cache()
+    start = tf.zeros([tokens.shape[0]], tf.int32)
+    logits, pending = d.prefill(weights, cache, tf.constant(tokens[:, :n]), start, 64)
+    out, step = [logits.numpy()], d.logits_step()
+    for i in range(n, tokens.shape[1]):
+        logits, pending = step(weights, cache, pending, tf.constant(tokens[:, i]), tf.constant(i), start)
+        out.append(logits.numpy())
+    return np.stack(out, axis=1)   # [batch, steps, n_vocab]
 
 
-@pytest.mark.parametrize('copies', ['1', '0'])
-def test_transposed_weight_copies_change_no_logits(tiny, monkeypatch, copies):
-    """Under XLA the blocks' matmuls run on transposed copies of the weights (unless GPT2_TRANSPOSED_COPIES=0);
-    the step's logits and the fused greedy draw match full forward passes either way."""
+@pytest.mark.parametrize('xla,copies', [(False, False), (True, False), (True, True)])
+def test_step_forms_give_the_logits_of_full_passes(tiny, xla, copies):
+    """Each step form (XLA or a plain graph; under XLA, transposed weight copies or not) gives the logits of
+    full forward passes."""
     h, p = tiny
-    if not sample.xla_available():
+    if xla and not sample.xla_available():
         pytest.skip('XLA is not available in this TensorFlow build')
-    monkeypatch.setenv('GPT2_TRANSPOSED_COPIES', copies)
-    d = sample.Decoder(h, p)
-    assert any(callable(w) for w in d.step_params.values()) == (copies == '1')
-    tokens = contexts(h, 3, 12, seed=9).astype(np.int32)
-    d.prefill(tf.constant(tokens[:, :5]), 64)
-    for i in range(5, 12):
-        logits = d.step_one(tf.constant(tokens[:, i - 1:i]), tf.constant(i - 1)).numpy()
-        np.testing.assert_allclose(logits, full_logits(h, p, tokens[:, :i]), atol=1e-4)
-    greedy = d.stepper(0.0, 0, 1.0)
-    d.prefill(tf.constant(tokens[:, :4]), 64)
-    seq = tokens[:, :5]
-    for pos in range(4, 11):   # feed seq[:, pos] at pos; the draw is the argmax after seq[:, :pos + 1]
-        nxt = greedy(tf.constant(seq[:, pos]), tf.constant(pos), tf.constant([0, 0])).numpy()
-        np.testing.assert_array_equal(nxt, full_logits(h, p, seq).argmax(-1))
-        seq = np.concatenate([seq, nxt[:, None]], 1)
+    d = sample.Decoder(h, xla=xla, transposed=copies)
+    assert (len(d.weights(p)['copies']) > 1) == copies   # the blocks' copies besides wte's
+    tokens = contexts(h, 3, 16, seed=7).astype(np.int32)
+    full = model.model(h, tokens, params=p)['logits'].numpy()
+    np.testing.assert_allclose(logits_after_each_token(d, p, tokens, 6), full[:, 5:], atol=1e-4)
+
+
+@pytest.mark.parametrize('setting', ['GPT2_XLA', 'GPT2_TRANSPOSED_COPIES'])
+def test_environment_turns_step_forms_off(tiny, monkeypatch, setting):
+    h, p = tiny
+    monkeypatch.setenv(setting, '0')
+    d = sample.decoder_for(h)
+    assert not d.transposed and (setting != 'GPT2_XLA' or not d.xla)
+    ctx = contexts(h, 2, 5, seed=9)
+    out = sample.sample_sequence(hparams=h, params=p, length=10, context=ctx, top_k=1).numpy()
+    np.testing.assert_array_equal(out, argmax_loop(h, p, ctx, 10))

@@ -1,4 +1,5 @@
 """The two sampling scripts, in process (fast) and as subprocesses (flags, exit codes, stdin)."""
+import inspect
 import io
 import os
 import re
@@ -12,6 +13,7 @@ from conftest import SRC, write_model
 
 import generate_unconditional_samples as uncond
 import interactive_conditional_samples as interactive
+import sampling
 
 HEADER = re.compile(r'^=+ SAMPLE (\d+) =+$', re.M)
 
@@ -52,12 +54,23 @@ def test_interactive_greedy_continues_the_prompt(tiny_models_dir, capsys, monkey
     assert enc.decode(expected[len(ctx):].tolist()) + '\n' in out
 
 
-def test_interactive_refuses_overlong_prompt(tiny_models_dir, capsys, monkeypatch):
-    monkeypatch.setattr(sys, 'stdin', io.StringIO('word ' * 70 + '\nshort\n'))
-    interactive.interact_model(model_name='tiny', models_dir=tiny_models_dir, length=5)
+def test_interactive_keeps_the_end_of_an_overlong_prompt(tiny_models_dir, capsys, monkeypatch):
+    import encoder
+    import checkpoint
+    import sample
+    text = ' '.join(f'word{i}' for i in range(40))
+    monkeypatch.setattr(sys, 'stdin', io.StringIO(text + '\nshort\n'))
+    interactive.interact_model(model_name='tiny', models_dir=tiny_models_dir, length=70, top_k=1)
     captured = capsys.readouterr()
-    assert 'exceeds the context of 64' in captured.err
-    assert headers(captured.out) == [1]
+    enc = encoder.get_encoder('tiny', tiny_models_dir)
+    tokens = enc.encode(text)
+    assert len(tokens) > 64
+    assert captured.err.splitlines() == [f'note: the prompt is {len(tokens)} tokens, longer than the context; '
+                                         'continuing its last 64']
+    assert headers(captured.out) == [1, 1]
+    h, p = checkpoint.load(os.path.join(tiny_models_dir, 'tiny'))
+    expected = sample.sample_sequence(hparams=h, params=p, length=70, context=[tokens[-64:]], top_k=1).numpy()[0]
+    assert enc.decode(expected[64:].tolist()) + '\n' in captured.out
 
 
 def test_same_seed_same_session(tiny_models_dir, capsys):
@@ -104,7 +117,11 @@ def run_cli(fn, args, capsys, monkeypatch):
     (['--seed', 'x'], 'seed'),
     (['--seed', '-1'], '--seed must be an integer >= 0'),
     (['tiny', '1', '1', '1', '3', '1', '0', '1', 'models', 'extra'], 'too many arguments'),
-    (['--length', '500'], 'longer than the context'),
+    (['--keep', '64'], '--keep must be smaller than the context: --keep 64 >= 64'),
+    (['--keep', '0'], '--keep must be an integer >= 1'),
+    (['--stop', ''], '--stop is empty'),
+    (['--stop', '42'], 'quote it twice'),
+    (['--stop', '\\x4'], '--stop'),
     (['--bogus', '1'], 'unknown flag --bogus'),
     (['--model_name', '../tiny'], 'invalid model name'),
     (['--model_name', '774M'], 'download_model.py 774M'),
@@ -160,8 +177,7 @@ def test_one_shot_prompt_from_the_shell(tiny_models_dir):
     # the same samples as the same prompt typed at the prompt
     typed = script('interactive_conditional_samples.py', *args, stdin='Hello world\n').stdout.decode()
     assert out in typed
-    for bad, fragment in [('word ' * 70, 'exceeds the context of 64'), ('', '--prompt is empty'),
-                          ('1984', "quote it twice")]:
+    for bad, fragment in [('', '--prompt is empty'), ('1984', "quote it twice")]:
         r = script('interactive_conditional_samples.py', *args, '--prompt', bad)
         err = r.stderr.decode().strip()
         assert r.returncode == 1 and len(err.splitlines()) == 1 and fragment in err, err
@@ -192,8 +208,8 @@ def test_print_samples_stops_at_endoftext(monkeypatch, capsys, stop):
         for column in columns[:settings['length']]:
             drawn.append(column)
             yield np.array(column[:len(settings['context'])])
-    monkeypatch.setattr(interactive.sample, 'stream_sequence', fake_stream)
-    assert interactive.print_samples(FakeEncoder(), [[0]] * 3, 4, stop, length=5) == 7
+    monkeypatch.setattr(sampling.sample, 'stream_sequence', fake_stream)
+    assert sampling.print_samples(FakeEncoder(), [[0]] * 3, 4, stop, length=5) == 7
     out = capsys.readouterr().out
     assert headers(out) == [5, 6, 7]
     rows = [line for line in out.splitlines() if not line.startswith('=')]
@@ -202,7 +218,7 @@ def test_print_samples_stops_at_endoftext(monkeypatch, capsys, stop):
     else:
         assert rows == ['1 9 6 8 5', '2 4 9 8 5', '3 5 7 9 5'] and len(drawn) == 5
     drawn.clear()
-    assert interactive.print_samples(FakeEncoder(), [[0]], 0, stop, length=5) == 1   # one row: streamed
+    assert sampling.print_samples(FakeEncoder(), [[0]], 0, stop, length=5) == 1   # one row: streamed
     assert capsys.readouterr().out.splitlines()[1] == (' 1' if stop else ' 1 9 6 8 5')
     assert len(drawn) == (2 if stop else 5)
 
@@ -216,3 +232,112 @@ def test_stop_at_endoftext_prints_a_prefix_of_the_full_sample(tiny_models_dir):
     split = lambda r: HEADER.split(r.stdout.decode())[2::2]
     for a, b in zip(split(full), split(stopped)):
         assert a.startswith(b.rstrip('\n')) and '<|endoftext|>' not in b
+
+
+def test_length_past_the_context_in_both_scripts(tiny_models_dir, capsys, monkeypatch):
+    import encoder
+    import checkpoint
+    import sample
+    enc = encoder.get_encoder('tiny', tiny_models_dir)
+    h, p = checkpoint.load(os.path.join(tiny_models_dir, 'tiny'))
+    uncond.sample_model(model_name='tiny', models_dir=tiny_models_dir, nsamples=1, length=150, top_k=1, keep=20)
+    out = capsys.readouterr().out
+    expected = sample.sample_sequence(hparams=h, params=p, length=150, start_token=enc.eot_token, batch_size=1,
+                                      top_k=1, keep=20).numpy()[0, 1:]
+    assert out.split('\n', 1)[1] == enc.decode(expected.tolist()) + '\n'
+    monkeypatch.setattr(sys, 'stdin', io.StringIO('Hello\n'))
+    interactive.interact_model(model_name='tiny', models_dir=tiny_models_dir, length=100, top_k=1)
+    ctx = enc.encode('Hello')
+    expected = sample.sample_sequence(hparams=h, params=p, length=100, context=[ctx], top_k=1).numpy()[0]
+    assert enc.decode(expected[len(ctx):].tolist()) + '\n' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('given,expected', [
+    (r'\n\n', ('\n\n',)), ('\n', ('\n',)), ('THE END', ('THE END',)), ([r'\t', 'é日'], ('\t', 'é日')),
+    (None, ()),
+])
+def test_stop_strings_understand_python_escapes(given, expected):
+    assert sampling.stop_strings(given) == expected
+
+
+def pieces_through_stop_text(pieces, stop):
+    text = sampling.StopText(stop)
+    out = [text.push(piece) for piece in pieces]
+    return out, text.rest()
+
+
+def test_stop_text_holds_back_only_what_could_become_a_stop():
+    # 'END' spans three pieces; 'E' and 'EN' are held back until they turn out to be the stop string
+    assert pieces_through_stop_text(['the E', 'N', 'D of it'], ('END',)) == (['the ', '', ''], '')
+    # a held-back 'E' that does not continue into 'END' is printed with what follows
+    assert pieces_through_stop_text(['the E', 'X', 'D'], ('END',)) == (['the ', 'EX', 'D'], '')
+    # only the shortest ending that could still become a stop is held: of 'aab' for 'aabx', not of 'a'
+    assert pieces_through_stop_text(['xa', 'ab', 'y'], ('aabx', 'q')) == (['x', '', 'aaby'], '')
+    # the earliest of several stops; text at the end is given back by rest()
+    assert pieces_through_stop_text(['one\n', '\ntwo'], ('\n\n', 'one')) == (['', ''], '')
+    assert pieces_through_stop_text(['two\n', '\none'], ('\n\n', 'one')) == (['two', ''], '')
+    assert pieces_through_stop_text(['ab', 'c'], ('x',)) == (['ab', 'c'], '')
+    assert pieces_through_stop_text(['ab', 'cx'], ('xy',)) == (['ab', 'c'], 'x')
+
+
+class ChunkEncoder(FakeEncoder):
+    """Token t decodes to CHUNKS[t]."""
+    CHUNKS = ['he', 'llo', ' wo', 'rld', '\n', '\n', 'again', '<eot>', '', 'x']
+
+    def decode(self, tokens):
+        return ''.join(self.CHUNKS[t] for t in tokens)
+
+    def stream_decoder(self):
+        chunks = self.CHUNKS
+
+        class Stream:
+            def push(self, token):
+                return chunks[token]
+
+            def flush(self):
+                return ''
+        return Stream()
+
+
+@pytest.mark.parametrize('rows', [1, 3])
+def test_print_samples_ends_before_a_stop_string_spanning_tokens(monkeypatch, capsys, rows):
+    columns = [0, 1, 2, 3, 4, 5, 6, 1, 2]   # 'hello world\n\nagain...'
+    drawn = []
+
+    def fake_stream(**settings):
+        for token in columns:
+            drawn.append(token)
+            yield np.array([token] * len(settings['context']))
+    monkeypatch.setattr(sampling.sample, 'stream_sequence', fake_stream)
+    printed = []
+    real_print = print
+    monkeypatch.setattr('builtins.print', lambda *a, **k: (printed.append(a), real_print(*a, **k)))
+    sampling.print_samples(ChunkEncoder(), [[0]] * rows, 0, False, ('lo wor', '\n\n'), length=9)
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if not line.startswith('=')] == ['hel'] * rows
+    assert len(drawn) == 4                                    # no token drawn after every sample stopped
+    assert not any('lo' in str(a) for a in printed)           # nothing of the stop string was ever printed
+
+
+def test_stop_in_a_real_sample(tiny_models_dir):
+    """Greedy samples (so equal in every batch) cut before a stop string taken from their middle."""
+    args = ('--model_name', 'tiny', '--models_dir', tiny_models_dir, '--length', '16', '--top_k', '1')
+    full = HEADER.split(script('generate_unconditional_samples.py', *args, '--nsamples', '1').stdout.decode())[2]
+    stop = next(full[i:i + 3] for i in range(4, len(full)) if full[i:i + 3].isascii() and full[i:i + 3].isalpha())
+    expected = full[:full.find(stop)] + '\n'
+    for batch in ('1', '2'):
+        r = script('generate_unconditional_samples.py', *args, '--nsamples', batch, '--batch_size', batch,
+                   '--stop', stop)
+        assert r.returncode == 0, r.stderr
+        assert HEADER.split(r.stdout.decode())[2::2] == [expected] * int(batch)
+
+
+def test_help_lists_every_flag_with_its_meaning():
+    for name, fn in (('generate_unconditional_samples.py', uncond.sample_model),
+                     ('interactive_conditional_samples.py', interactive.interact_model)):
+        r = script(name, '--help')
+        out = ' '.join((r.stdout + r.stderr).decode().split())   # fire writes help to stdout or stderr, wrapped
+        for flag in inspect.signature(fn).parameters:
+            assert f'--{flag}=' in out, (name, flag)
+        for meaning in ('the first occurrence of this text', 'which are fed again', 'nucleus sampling'):
+            assert meaning in out, (name, meaning)

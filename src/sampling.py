@@ -1,0 +1,157 @@
+"""What the two sampling scripts share: their flags' documentation and checks, loading the model, and
+printing samples (streamed, cut at <|endoftext|> or at stop strings)."""
+import os
+
+import numpy as np
+
+import checkpoint
+import cli
+import encoder
+import sample
+
+FLAGS_DOC = """
+    Args:
+      model_name: which model to use, a folder inside models_dir (117M and 345M find 124M and 355M).
+      seed: integer seed for the random number generators; fix it to reproduce results.
+      nsamples: {nsamples}
+      batch_size: number of samples drawn in parallel (only affects speed/memory).
+      length: number of tokens in generated text; if None (default), {length}. It may exceed the
+        model's context (see keep).
+      temperature: float controlling randomness in the Boltzmann distribution. Lower temperature
+        gives less random completions; as it approaches zero the model becomes deterministic and
+        repetitive (0 is greedy). Higher temperature gives more random completions.
+      top_k: integer controlling diversity. 1 means only 1 word is considered for each step
+        (token), resulting in deterministic completions, while 40 means 40 words are considered at
+        each step. 0 (default) is a special setting meaning no restrictions. 40 generally is a good value.
+      top_p: float in (0, 1]: nucleus sampling keeps the smallest set of most likely tokens whose
+        probability adds up to top_p. 1 (default) turns it off.
+      models_dir: path to the parent folder containing model subfolders (i.e. contains the
+        <model_name> folder).
+      stop_at_endoftext: end each sample at its first <|endoftext|> token, which is not printed
+        (by default, as in the original, every sample runs to its full length).
+      stop: end each sample before the first occurrence of this text, which is not printed. Python
+        escapes are understood, e.g. --stop '\\n\\n' for a blank line; for several, give a list, e.g.
+        --stop '["\\n\\n", "THE END"]'.
+      keep: past the model's context, each new token is predicted from at most n_ctx tokens; when the
+        tokens since the last cut would exceed n_ctx, the text is cut to its last `keep` tokens (default
+        half the context), which are fed again.{extra}
+    """
+
+
+def documented(summary, nsamples, length, extra=''):
+    """A decorator giving a script's function its --help text (fire shows the docstring)."""
+    def attach(fn):
+        fn.__doc__ = summary + '\n' + FLAGS_DOC.format(nsamples=nsamples, length=length, extra=extra)
+        return fn
+    return attach
+
+
+def check_flags(batch_size, seed, temperature, top_k, top_p, stop):
+    """The shared flags, validated: (batch_size, seed, temperature, top_k, top_p, stop strings)."""
+    batch_size = cli.integer('batch_size', batch_size, minimum=1)
+    seed = cli.integer('seed', seed, minimum=0, allow_none=True)
+    return (batch_size, seed) + sample.check_settings(temperature, top_k, top_p) + (stop_strings(stop),)
+
+
+def stop_strings(stop):
+    """--stop as a tuple of non-empty strings with Python escapes decoded ('\\n' is a newline)."""
+    if stop is None:
+        return ()
+    values = list(stop) if isinstance(stop, (list, tuple)) else [stop]
+    strings = []
+    for value in values:
+        if not isinstance(value, str):   # fire reads --stop 42 as a number
+            raise cli.UsageError(f'--stop must be text, got {value!r}; quote it twice, e.g. --stop \'"42"\'')
+        try:
+            value = value.encode('latin-1', 'backslashreplace').decode('unicode_escape')
+        except UnicodeDecodeError as e:
+            raise cli.UsageError(f'--stop {value!r}: bad escape ({e.reason}); write a backslash as \\\\') from None
+        if not value:
+            raise cli.UsageError('--stop is empty; give the text that ends a sample, e.g. --stop \'\\n\\n\'')
+        strings.append(value)
+    return tuple(strings)
+
+
+def load_model(model_name, models_dir, length, default_length, keep):
+    """(encoder, hparams, params, length, keep) for a sampling script; length None means
+    default_length(hparams), keep None half the context."""
+    length = cli.integer('length', length, minimum=1, allow_none=True)
+    keep = cli.integer('keep', keep, minimum=1, allow_none=True)
+    path = checkpoint.model_path(model_name, models_dir)
+    enc = encoder.get_encoder(os.path.basename(path), os.path.dirname(path))
+    hparams, params = checkpoint.load(path)
+    if keep is not None and keep >= hparams.n_ctx:
+        raise cli.UsageError(f'--keep must be smaller than the context: --keep {keep} >= {hparams.n_ctx} '
+                             f'(this model has n_ctx={hparams.n_ctx})')
+    return enc, hparams, params, default_length(hparams) if length is None else length, keep
+
+
+def print_samples(enc, context, number, stop_at_endoftext, stop=(), **settings):
+    """Draw a sample after each row of context (token lists) and print each under its header, numbered
+    from number + 1; a single sample is printed as it is written.  A sample ends at <|endoftext|> (with
+    stop_at_endoftext) or before the first of the `stop` strings, neither printed; drawing ends when every
+    sample has.  Returns the last sample's number."""
+    eot = enc.eot_token
+    streamed = len(context) == 1
+    texts = [StopText(stop) for _ in context]
+    decoders = [enc.stream_decoder() for _ in context]
+    drawn, ended = [], np.zeros(len(context), bool)
+    if streamed:
+        print_header(number + 1)
+    for column in sample.stream_sequence(context=context, **settings):
+        if stop_at_endoftext:
+            ended |= column == eot
+        drawn.append(column)
+        for row in np.flatnonzero(~ended):
+            piece = texts[row].push(decoders[row].push(int(column[row])))
+            ended[row] = texts[row].stopped
+            if streamed:
+                print(piece, end='', flush=True)
+        if ended.all():
+            break   # every sample has ended: no need to draw the rest
+    if streamed:
+        print(texts[0].push(decoders[0].flush()) + texts[0].rest())
+        return number + 1
+    for row, tokens in enumerate(np.stack(drawn, axis=1).tolist() if drawn else [[]] * len(context)):
+        if stop_at_endoftext and eot in tokens:
+            tokens = tokens[:tokens.index(eot)]
+        number += 1
+        print_header(number)
+        print(cut_at_stop(enc.decode(tokens), stop), flush=True)
+    return number
+
+
+def print_header(n):
+    print('=' * 40 + ' SAMPLE ' + str(n) + ' ' + '=' * 40)
+
+
+def cut_at_stop(text, stop):
+    """text up to the first occurrence of any of the stop strings."""
+    return text[:min([i for i in (text.find(s) for s in stop) if i >= 0], default=len(text))]
+
+
+class StopText:
+    """The text of one sample as it arrives, cut before the first stop string: push() returns what can be
+    printed now, holding back only the shortest ending that a later piece could turn into a stop string."""
+
+    def __init__(self, stop):
+        self.stop, self.text, self.printed, self.stopped = stop, '', 0, False
+
+    def push(self, piece):
+        if self.stopped:
+            return ''
+        self.text += piece
+        # An occurrence can only start after what was printed, which never began one.
+        found = [i for i in (self.text.find(s, self.printed) for s in self.stop) if i >= 0]
+        if found:
+            end, self.stopped = min(found), True
+        else:
+            end = len(self.text) - max([k for s in self.stop for k in range(1, len(s))
+                                        if self.text.endswith(s[:k]) and k <= len(self.text) - self.printed],
+                                       default=0)
+        out, self.printed = self.text[self.printed:end], end
+        return out
+
+    def rest(self):
+        """What is still held back once the sample has ended without a stop string."""
+        return '' if self.stopped else self.text[self.printed:]
