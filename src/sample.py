@@ -375,9 +375,12 @@ class _Compiled:
                          tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int32)]          # start, seed
                 self._concrete[structure] = self.function.get_concrete_function(weights, cache, *specs[:self._arity])
             concrete = self._concrete[structure]
+        call_flat = getattr(concrete, '_call_flat', None)   # private TensorFlow API (2.16-2.21)
+        if call_flat is None or list(inspect.signature(call_flat).parameters) != ['tensor_inputs', 'captured_inputs']:
+            return lambda *rest: self.function(weights, cache, *rest)   # the public call, a little slower
         head = [a.handle if isinstance(a, tf.Variable) else a for a in tf.nest.flatten((weights, cache))]
         captured = concrete.captured_inputs
-        return lambda *rest: concrete._call_flat(head + list(rest), captured)   # see the class docstring
+        return lambda *rest: call_flat(head + list(rest), captured)   # see the class docstring
 
     def __call__(self, weights, cache, *rest):
         return self.bind(weights, cache)(*rest)
