@@ -6,11 +6,13 @@ from interactive_conditional_samples import FLAGS_DOC, check_flags, load_model, 
 
 
 def sample_model(model_name='124M', seed=None, nsamples=0, batch_size=1, length=None,
-                 temperature=1, top_k=0, top_p=1, models_dir='models', *, stop_at_endoftext=False):
+                 temperature=1, top_k=0, top_p=1, models_dir='models', *, stop_at_endoftext=False,
+                 precision='float32'):
     nsamples = cli.integer('nsamples', nsamples, minimum=0)
     batch_size, seed, temperature, top_k, top_p = check_flags(batch_size, seed, temperature, top_k, top_p)
     # By default the whole context: the start token takes the first position.
-    enc, hparams, params, length = load_model(model_name, models_dir, length, lambda h: h.n_ctx - 1)
+    dtype = cli.precision(precision)
+    enc, hparams, params, length = load_model(model_name, models_dir, length, lambda h: h.n_ctx - 1, dtype)
     seeds = sample.seed_stream(seed)
 
     generated = 0

@@ -30,12 +30,15 @@ FLAGS_DOC = """
       models_dir: path to the parent folder containing model subfolders (i.e. contains the
         <model_name> folder).
       stop_at_endoftext: end each sample at its first <|endoftext|> token, which is not printed
-        (by default, as in the original, every sample runs to its full length).{extra}
+        (by default, as in the original, every sample runs to its full length).
+      precision: the weights' precision in memory: float32 (default), bfloat16 (half the memory), or
+        float16 (GPU only).  The checkpoint on disk is unchanged.{extra}
     """
 
 
 def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, length=None,
-                   temperature=1, top_k=0, top_p=1, models_dir='models', *, stop_at_endoftext=False, prompt=None):
+                   temperature=1, top_k=0, top_p=1, models_dir='models', *, stop_at_endoftext=False, prompt=None,
+                   precision='float32'):
     nsamples = cli.integer('nsamples', nsamples, minimum=1)
     batch_size, seed, temperature, top_k, top_p = check_flags(batch_size, seed, temperature, top_k, top_p)
     if prompt is not None and not isinstance(prompt, str):   # fire reads --prompt 1984 as a number
@@ -43,7 +46,8 @@ def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, lengt
                              f'e.g. --prompt \'"1984"\'')
     if prompt == '':
         raise cli.UsageError('--prompt is empty; give some text, e.g. --prompt "Once upon a time"')
-    enc, hparams, params, length = load_model(model_name, models_dir, length, lambda h: h.n_ctx // 2)
+    dtype = cli.precision(precision)
+    enc, hparams, params, length = load_model(model_name, models_dir, length, lambda h: h.n_ctx // 2, dtype)
     seeds = sample.seed_stream(seed)
     settings = dict(hparams=hparams, params=params, length=length, temperature=temperature, top_k=top_k,
                     top_p=top_p)
@@ -141,12 +145,13 @@ def check_flags(batch_size, seed, temperature, top_k, top_p):
     return (batch_size, seed) + sample.check_settings(temperature, top_k, top_p)
 
 
-def load_model(model_name, models_dir, length, default_length):
-    """(encoder, hparams, params, length) for a sampling script; length None means default_length(hparams)."""
+def load_model(model_name, models_dir, length, default_length, dtype='float32'):
+    """(encoder, hparams, params, length) for a sampling script; length None means default_length(hparams);
+    dtype: the weights' precision (checkpoint.load)."""
     length = cli.integer('length', length, minimum=1, allow_none=True)
     path = checkpoint.model_path(model_name, models_dir)
     enc = encoder.get_encoder(os.path.basename(path), os.path.dirname(path))
-    hparams, params = checkpoint.load(path)
+    hparams, params = checkpoint.load(path, dtype=dtype)
     if length is None:
         length = default_length(hparams)
     elif length > hparams.n_ctx - 1:

@@ -70,9 +70,10 @@ class Decoder:
         # Frozen weights: a [n_embd, n_vocab] copy makes the logits matmul (the largest one) ~1.3-1.9x faster.
         self.wte_t = tf.transpose(wte) if frozen else None
         n, heads = hparams['n_layer'], hparams['n_head']
-        # Per layer: keys and values [batch, heads, capacity, head_dim], reallocated by prefill().
+        # Per layer: keys and values [batch, heads, capacity, head_dim], reallocated by prefill(), in the
+        # weights' precision (what the blocks compute keys and values in).
         shape = tf.TensorShape([None, heads, None, hparams['n_embd'] // heads])
-        empty = tf.zeros([0] + shape[1:2].as_list() + [0] + shape[3:].as_list())
+        empty = tf.zeros([0] + shape[1:2].as_list() + [0] + shape[3:].as_list(), wte.dtype)
         self.k_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
         self.v_cache = [tf.Variable(empty, shape=shape, trainable=False) for _ in range(n)]
         # The prompt pass runs eagerly: its matmuls are large, and tracing and optimising a graph for it
@@ -134,7 +135,7 @@ class Decoder:
 
     def _forward(self, tokens, pos, cache, params=None, vocab_major=False):
         """The model on tokens [batch, n] at positions pos.., with cache(layer) as each block's cache hook;
-        returns the last position's logits [batch, n_vocab].
+        returns the last position's logits float32 [batch, n_vocab], whatever the weights' precision.
 
         vocab_major (under XLA only): the logits are computed as wte @ last^T (_output_major), the operand
         order in which XLA's CPU matmul is fastest for a few rows (~8 ms instead of ~12 at batch 8).  It
@@ -145,10 +146,12 @@ class Decoder:
             x, _ = model.block(x, p, f'model/h{layer}', h['n_head'], cache=cache(layer))
         last = model.norm(x[:, -1], p['model/ln_f/g'], p['model/ln_f/b'])                    # [batch, n_embd]
         if vocab_major:
-            return _output_major(p['model/wte'])(last)       # wte [n_vocab, n_embd] is already output-major
-        if self.wte_t is not None:
-            return tf.matmul(last, self.wte_t)
-        return tf.matmul(last, p['model/wte'], transpose_b=True)
+            logits = _output_major(p['model/wte'])(last)     # wte [n_vocab, n_embd] is already output-major
+        elif self.wte_t is not None:
+            logits = tf.matmul(last, self.wte_t)
+        else:
+            logits = tf.matmul(last, p['model/wte'], transpose_b=True)
+        return tf.cast(logits, tf.float32)
 
     def chooser(self, temperature, top_k, top_p):
         """A compiled function (logits [batch, n_vocab], seed [2]) -> next tokens int32 [batch]."""
