@@ -9,9 +9,11 @@ position per row, each writing its key and value into a [batch, heads, capacity,
 attending to it, the final norm, the logits and a greedy draw.  The forms differ in
   compiler  xla: tf.function(jit_compile=True);  graph: a plain tf.function (TensorFlow's own
             kernels, oneDNN on x86)
-  copies    no: the blocks' matmuls read the checkpoint's [nx, nf] weights;  yes: they read transposed
-            [nf, nx] copies (under XLA as w^T @ x^T behind a barrier, sample._output_major; in a graph
-            as x @ (w^T)^T, i.e. tf.matmul(..., transpose_b=True)), which cost the blocks' size again
+  layout    stored: the blocks' matmuls read the checkpoint's [1, nx, nf] tensors (reshaped to
+            [nx, nf] inside the step, as model.conv1d does);  views: 2-D [nx, nf] views of them made
+            once, eagerly (a reshape shares the buffer: no memory);  copies: transposed [nf, nx] copies
+            (under XLA as w^T @ x^T behind a barrier, sample._output_major; in a graph as
+            tf.matmul(x, w^T, transpose_b=True)), which cost the blocks' size again
   dtype     the weights' (and the cache's) precision; norms, softmax and logits stay float32
 The logits use, as sample.Decoder does: under XLA wte itself as the output-major left operand; in a
 graph a transposed [n_embd, n_vocab] copy of wte (a copy of wte's size).  A second table times the
@@ -69,28 +71,33 @@ def block_weights(params):
     return sorted(k for k in params if k.startswith('model/h') and k.endswith('/w'))
 
 
-def matmul_form(w, xla, copy):
-    """x [rows, nx] -> x @ w[0], in the given form; w is [1, nx, nf] or, with copy, its [nf, nx] transpose."""
+LAYOUTS = ('stored', 'views', 'copies')
+
+
+def blocks_in_layout(params, xla, layout):
+    """(params with the blocks' weights in layout, extra bytes): 'stored' as they are, 'views' as 2-D
+    [nx, nf] reshapes (no copy), 'copies' as functions x -> x @ w over a transposed [nf, nx] copy."""
     import tensorflow as tf
     import sample
-    if not copy:
-        return w
-    if xla:
-        return sample._output_major(w)
-    return lambda x: tf.matmul(x, w, transpose_b=True)
+    p, extra = dict(params), 0
+    for k in block_weights(params):
+        w = params[k]
+        if layout == 'views':
+            p[k] = tf.reshape(w, w.shape[1:])
+        elif layout == 'copies':
+            w_t = tf.transpose(w[0])
+            p[k] = sample._output_major(w_t) if xla else (lambda x, w_t=w_t: tf.matmul(x, w_t, transpose_b=True))
+            extra += w.shape.num_elements() * w.dtype.size
+    return p, extra
 
 
-def step_function(hparams, params, batch, capacity, xla, copies):
+def step_function(hparams, params, batch, capacity, xla, layout):
     """(step, extra bytes): step(tokens [batch], pos) -> greedy tokens [batch], one decode step in this form."""
     import tensorflow as tf
     import model
     import sample
     dtype = params['model/wte'].dtype
-    p, extra = dict(params), 0
-    if copies:
-        for k in block_weights(params):
-            p[k] = matmul_form(tf.transpose(params[k][0]), xla, True)
-            extra += params[k].shape.num_elements() * dtype.size
+    p, extra = blocks_in_layout(params, xla, layout)
     wte_t = None if xla else tf.transpose(params['model/wte'])
     if wte_t is not None:
         extra += wte_t.shape.num_elements() * dtype.size
@@ -127,23 +134,27 @@ def step_function(hparams, params, batch, capacity, xla, copies):
     return fn, extra
 
 
-def matmul_chain(hparams, params, rows, xla, copies):
+def matmul_chain(hparams, params, rows, xla, layout):
     """The step's matmuls alone: per block c_attn, c_proj, c_fc, mlp c_proj chained, then the logits."""
     import tensorflow as tf
-    p = dict(params)
-    if copies:
-        for k in block_weights(params):
-            p[k] = matmul_form(tf.transpose(params[k][0]), xla, True)
-    wte_t = None if (xla and copies) else tf.transpose(params['model/wte'])
+    p, _ = blocks_in_layout(params, xla, layout)
+    wte_t = None if xla else tf.transpose(params['model/wte'])
     e = hparams['n_embd']
 
     def mm(x, w):
-        return w(x) if callable(w) else tf.matmul(x, tf.reshape(w, w.shape[1:]))
+        y = w(x) if callable(w) else tf.matmul(x, tf.reshape(w, w.shape[-2:]))
+        if xla:   # behind a barrier: an add or slice that XLA fuses into a matmul makes it several times slower
+            from tensorflow.compiler.tf2xla.python import xla as xla_ops
+            y = xla_ops.optimization_barrier(y)[0]
+        return y
+
+    def first_columns(y):
+        return y[:, :e]
 
     def chain(x):                                                                        # x [rows, n_embd]
         for layer in range(hparams['n_layer']):
             s = f'model/h{layer}'
-            a = mm(x, p[s + '/attn/c_attn/w'])[:, :e]
+            a = first_columns(mm(x, p[s + '/attn/c_attn/w']))
             x = x + mm(a, p[s + '/attn/c_proj/w'])
             x = x + mm(mm(x, p[s + '/mlp/c_fc/w']), p[s + '/mlp/c_proj/w'])
         if wte_t is None:
@@ -198,8 +209,8 @@ def floor(hparams, params, rows, steps=10, rounds=3):
     """{form: seconds} for the step's matmuls alone in each of graph/XLA x layouts; min() is the floor."""
     import tensorflow as tf
     x = tf.cast(tf.random.stateless_normal([rows, hparams['n_embd']], [1, 2]) * 0.1, params['model/wte'].dtype)
-    fns = {f'{"xla" if xla else "graph"}{"+copies" if copies else ""}':
-           (matmul_chain(hparams, params, rows, xla, copies), (x,)) for xla in (False, True) for copies in (False, True)}
+    fns = {f'{"xla" if xla else "graph"}+{layout}': (matmul_chain(hparams, params, rows, xla, layout), (x,))
+           for xla in (False, True) for layout in LAYOUTS}
     for fn, args in fns.values():
         fn(*args)
     return timed(fns, steps, rounds)
@@ -235,9 +246,9 @@ def main():
             tokens, pos = tf.zeros([batch], tf.int32), tf.constant(args.pos)
             steps, extra, compile_s = {}, {}, {}
             for xla in (False, True):
-                for copies in (False, True):
-                    name = f'{"xla" if xla else "graph"}{"+copies" if copies else ""}'
-                    fn, extra[name] = step_function(hparams, params, batch, args.capacity, xla, copies)
+                for layout in LAYOUTS:
+                    name = f'{"xla" if xla else "graph"}+{layout}'
+                    fn, extra[name] = step_function(hparams, params, batch, args.capacity, xla, layout)
                     compile_s[name] = first_call(fn, (tokens, pos))
                     steps[name] = (fn, (tokens, pos))
             h = tf.cast(tf.random.stateless_normal([batch, hparams['n_embd']], [3, 4]), dtype)

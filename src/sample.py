@@ -80,11 +80,14 @@ class Decoder:
         # would cost more than a second before the first token.  The one-token step that follows is
         # compiled, with XLA where available (once per batch size and cache capacity; 1.3-1.6x faster on
         # CPU than a plain graph), else as a graph traced once for all shapes.
-        self.xla = xla_available() if xla is None else xla
+        # Weights in bfloat16 or float16 run the step as a plain graph on CPU: XLA's CPU matmuls in those
+        # precisions are several times slower than TensorFlow's own (docs/benchmarks.md).
+        cpu = not tf.config.list_logical_devices('GPU')
+        self.xla = (xla_available() and (wte.dtype == tf.float32 or not cpu)) if xla is None else xla
         self._frozen, self._step_params = frozen, None
         # The output-major matmuls (_output_major) were measured faster with XLA on CPU only; GPUs keep the
         # plain form.
-        self.output_major = self.xla and not tf.config.list_logical_devices('GPU')
+        self.output_major = self.xla and cpu
         self.step_one = tf.function(lambda tokens, pos: self._step(tokens, pos, xla=self.xla), autograph=False,
                                     jit_compile=self.xla or None, input_signature=[
                                         tf.TensorSpec([None, 1], tf.int32), tf.TensorSpec([], tf.int32)])
