@@ -80,10 +80,12 @@ class Decoder:
         # would cost more than a second before the first token.  The one-token step that follows is
         # compiled, with XLA where available (once per batch size and cache capacity; 1.3-1.6x faster on
         # CPU than a plain graph), else as a graph traced once for all shapes.
-        # Weights in bfloat16 or float16 run the step as a plain graph on CPU: XLA's CPU matmuls in those
-        # precisions are several times slower than TensorFlow's own (docs/benchmarks.md).
+        # bfloat16 weights on a CPU with bfloat16 instructions run the step as a plain graph (oneDNN), which
+        # is several times faster there than XLA; without them, oneDNN's bfloat16 path is far slower and
+        # XLA with the transposed copies is the fastest form measured (docs/benchmarks.md).
         cpu = not tf.config.list_logical_devices('GPU')
-        self.xla = (xla_available() and (wte.dtype == tf.float32 or not cpu)) if xla is None else xla
+        graph = cpu and wte.dtype == tf.bfloat16 and cpu_has_bfloat16()
+        self.xla = (xla_available() and not graph) if xla is None else xla
         self._frozen, self._step_params = frozen, None
         # The output-major matmuls (_output_major) were measured faster with XLA on CPU only; GPUs keep the
         # plain form.
@@ -254,6 +256,18 @@ def _free_memory():
     except OSError:
         pass
     return 0
+
+
+def cpu_has_bfloat16():
+    """Whether this CPU has bfloat16 matmul instructions (AVX512-BF16 or AMX; Linux flags)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return bool({'avx512_bf16', 'amx_bf16'} & set(line.split(':', 1)[1].split()))
+    except OSError:
+        pass
+    return False
 
 
 def xla_available():
