@@ -109,10 +109,10 @@ def script(name, *args, stdin=None):
 def test_sampling_scripts_in_bfloat16_continue_the_trained_text(zen, name):
     models_dir, model_name = zen
     args = ['--models_dir', models_dir, '--model_name', model_name, '--top_k', '1', '--length', '10',
-            '--nsamples', '1', '--precision', 'bfloat16']
+            '--nsamples', '1']
     if name.startswith('interactive'):
         args += ['--prompt', 'Beautiful is']
-    out = {p: script(name, *args[:-1], p) for p in ('float32', 'bfloat16')}
+    out = {p: script(name, *args, '--precision', p) for p in ('float32', 'bfloat16')}
     for r in out.values():
         assert r.returncode == 0, r.stderr
     assert out['bfloat16'].stdout == out['float32'].stdout
