@@ -132,7 +132,7 @@ def test_eval_perplexity_in_bfloat16_is_within_one_percent(zen, tmp_path):
         saved = json.loads((tmp_path / f'{p}.json').read_text())
         assert saved['settings']['precision'] == p
         ppl[p] = saved['ppl_token']
-    assert ppl['float32'] < 3   # trained on this text
+    assert ppl['float32'] < 10   # trained on this text (a random model: ~5e4)
     assert ppl['bfloat16'] == pytest.approx(ppl['float32'], rel=0.01)
     assert ppl['bfloat16'] != ppl['float32']
 
