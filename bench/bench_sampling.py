@@ -8,10 +8,15 @@ Random weights of the real 124M shape are written once as an OpenAI checkpoint (
 reads) and copied, tensor for tensor, into a transformers GPT-2 folder (what from_pretrained reads).
 Each measurement runs in a fresh child process, ours and the peer's alternating, with the same
 thread count, so that 'time to first token' counts everything from process start: imports, loading
-the weights, tracing or compiling, and the prompt pass.  Reported per batch size:
+the weights, tracing or compiling, and the prompt pass.  Each side runs in each --precision (ours:
+checkpoint.load(dtype=...); the peer: model.to(torch.bfloat16)).  Reported per batch size:
   first token  seconds from process start to the first new token (cold)
   tok/s        new tokens per second of a second, warm generate() call (prompt pass included)
   decode tok/s new tokens per second after the first one, in that warm call
+  of floor     decode tok/s as a fraction of the matmul floor's tokens per second: the step's matmuls
+               alone (bench_kernels.floor: best of a plain graph and XLA, both weight layouts), timed in
+               a child process of its own for each batch size and precision
+  peak GiB     the child process's peak resident memory (VmHWM)
 """
 import argparse
 import json
@@ -59,14 +64,14 @@ def prepare(folder, seed):
         json.dump(config, f)
 
 
-def run_ours(folder, batch, prompt, new, top_k, threads, started):
+def run_ours(folder, batch, prompt, new, top_k, threads, started, precision):
     import numpy as np
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     import checkpoint
     import sample
-    hparams, params = checkpoint.load(os.path.join(folder, 'ours', '124M'))
+    hparams, params = checkpoint.load(os.path.join(folder, 'ours', '124M'), dtype=tf.as_dtype(precision))
     context = np.random.default_rng(1).integers(0, hparams.n_vocab, size=(batch, prompt))
     result = {}
     for call in ('cold', 'warm'):
@@ -78,13 +83,15 @@ def run_ours(folder, batch, prompt, new, top_k, threads, started):
     return result
 
 
-def run_peer(folder, batch, prompt, new, top_k, threads, started):
+def run_peer(folder, batch, prompt, new, top_k, threads, started, precision):
     import numpy as np
     import torch
     torch.set_num_threads(threads)
     from transformers import GPT2LMHeadModel
     from transformers.generation.streamers import BaseStreamer
     peer = GPT2LMHeadModel.from_pretrained(os.path.join(folder, 'peer')).eval()
+    if precision == 'bfloat16':
+        peer = peer.to(torch.bfloat16)
 
     class Stamps(BaseStreamer):
         def __init__(self):
@@ -111,21 +118,52 @@ def run_peer(folder, batch, prompt, new, top_k, threads, started):
     return result
 
 
+def peak_rss():
+    """This process's peak resident memory in bytes (Linux), or NaN."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float('nan')
+
+
+def run_floor(folder, batch, prompt, new, top_k, threads, started, precision):
+    """The step's matmul floor for this batch size and precision (bench_kernels.floor), in seconds."""
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    import bench_kernels
+    import model
+    hparams = model.default_hparams()
+    return min(bench_kernels.floor(hparams, bench_kernels.weights(hparams, tf.as_dtype(precision)), batch).values())
+
+
 def child(args):
     """One measurement, printed as JSON on the last line of stdout."""
+    if args.child == 'floor':
+        seconds = run_floor(args.folder, args.batch, args.prompt, args.new, args.top_k, args.threads, args.started,
+                            args.precision)
+        print(json.dumps({'floor_s': seconds}))
+        return
     fn = run_ours if args.child == 'ours' else run_peer
-    result = fn(args.folder, args.batch, args.prompt, args.new, args.top_k, args.threads, args.started)
+    result = fn(args.folder, args.batch, args.prompt, args.new, args.top_k, args.threads, args.started,
+                args.precision)
     (t0c, cold), (t0, warm) = result['cold'], result['warm']
     assert len(cold) == len(warm) == args.new, (len(cold), len(warm))
     print(json.dumps({
         'first_token_s': cold[0] - args.started,
         'tok_s': args.batch * args.new / (warm[-1] - t0),
         'decode_tok_s': args.batch * (args.new - 1) / (warm[-1] - warm[0]),
+        'peak_gib': peak_rss() / 2**30,
     }))
 
 
-def measure(who, folder, batch, args):
+def measure(who, folder, batch, precision, args):
     cmd = [sys.executable, os.path.abspath(__file__), '--child', who, '--folder', folder, '--batch', str(batch),
+           '--precision', precision,
            '--prompt', str(args.prompt), '--new', str(args.new), '--top_k', str(args.top_k),
            '--threads', str(args.threads), '--started', repr(time.time())]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
@@ -143,6 +181,8 @@ def main():
     ap.add_argument('--top_k', type=int, default=40)
     ap.add_argument('--repeats', type=int, default=5, help='child processes per (side, batch size); median kept')
     ap.add_argument('--threads', type=int, default=os.cpu_count(), help='threads for both sides')
+    ap.add_argument('--precision', default='float32,bfloat16',
+                    help='comma-separated weight precisions (float32, bfloat16), each for both sides')
     ap.add_argument('--json', help='also write the results here')
     ap.add_argument('--child', help=argparse.SUPPRESS)
     ap.add_argument('--folder', help=argparse.SUPPRESS)
@@ -151,6 +191,10 @@ def main():
     args = ap.parse_args()
     if args.child:
         return child(args)
+    precisions = args.precision.split(',')
+    if not precisions or any(p not in ('float32', 'bfloat16') for p in precisions):
+        sys.exit(f'--precision: a comma-separated list of float32 and bfloat16, got {args.precision!r}')
+    import bench_kernels
 
     with tempfile.TemporaryDirectory() as folder:
         prep = subprocess.run([sys.executable, '-c', f'import sys; sys.path.insert(0, {HERE!r}); '
@@ -160,26 +204,35 @@ def main():
             sys.exit(f'preparing the weights failed:\n{prep.stderr[-3000:]}')
         rows = []
         for batch in [int(b) for b in args.batch_sizes.split(',')]:
-            runs = {'ours': [], 'peer': []}
+            runs = {(who, p): [] for p in precisions for who in ('ours', 'peer')}
             for _ in range(args.repeats):
-                for who in ('ours', 'peer'):
-                    runs[who].append(measure(who, folder, batch, args))
-            med = {who: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for who, rs in runs.items()}
-            rows.append((batch, med))
+                for who, p in runs:
+                    runs[who, p].append(measure(who, folder, batch, p, args))
+            med = {key: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for key, rs in runs.items()}
+            floors = {p: measure('floor', folder, batch, p, args)['floor_s'] for p in precisions}
+            rows.append((batch, med, floors))
 
-    print(f'GPT-2 124M shape, fp32 CPU, {args.threads} threads, prompt {args.prompt}, {args.new} new tokens, '
+    print(f'CPU: {bench_kernels.cpu_model()}')
+    print(f'GPT-2 124M shape, {args.threads} threads, prompt {args.prompt}, {args.new} new tokens, '
           f'top_k {args.top_k}, median of {args.repeats} processes each')
-    print(f'{"batch":>5} {"":>6} {"first token s":>14} {"tok/s":>8} {"decode tok/s":>13}')
-    for batch, med in rows:
-        for who in ('ours', 'peer'):
-            m = med[who]
-            print(f'{batch:>5} {who:>6} {m["first_token_s"]:>14.2f} {m["tok_s"]:>8.1f} {m["decode_tok_s"]:>13.1f}')
-        o, p = med['ours'], med['peer']
-        print(f'{batch:>5} {"ratio":>6} {o["first_token_s"] / p["first_token_s"]:>13.2f}x '
-              f'{o["tok_s"] / p["tok_s"]:>7.2f}x {o["decode_tok_s"] / p["decode_tok_s"]:>12.2f}x')
+    print(f'{"batch":>5} {"":>6} {"precision":>9} {"first token s":>14} {"tok/s":>8} {"decode tok/s":>13} '
+          f'{"of floor":>9} {"peak GiB":>9}')
+    for batch, med, floors in rows:
+        print(f'{batch:>5} {"floor":>6} ' + ', '.join(f'{p} {s * 1e3:.1f} ms/step = {batch / s:.1f} tok/s'
+                                                      for p, s in floors.items()))
+        for (who, p), m in med.items():
+            print(f'{batch:>5} {who:>6} {p:>9} {m["first_token_s"]:>14.2f} {m["tok_s"]:>8.1f} '
+                  f'{m["decode_tok_s"]:>13.1f} {m["decode_tok_s"] * floors[p] / batch:>8.0%} {m["peak_gib"]:>9.2f}')
+        base = med['peer', precisions[0]]
+        for p in precisions:
+            o = med['ours', p]
+            print(f'{batch:>5} {"ratio":>6} {p:>9} {o["first_token_s"] / base["first_token_s"]:>13.2f}x '
+                  f'{o["tok_s"] / base["tok_s"]:>7.2f}x {o["decode_tok_s"] / base["decode_tok_s"]:>12.2f}x '
+                  f'(ours in {p} / peer in {precisions[0]})')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump([{'batch': b, **m} for b, m in rows], f, indent=2)
+            json.dump([{'batch': b, 'floor_s': fl, **{f'{w}_{p}': m for (w, p), m in med.items()}}
+                       for b, med, fl in rows], f, indent=2)
 
 
 if __name__ == '__main__':

@@ -98,8 +98,15 @@ def checkpoint_path(model_dir):
     return ckpt
 
 
-def load(model_dir, scope='model'):
-    """Read hparams.json and the latest checkpoint of model_dir.  Returns (hparams, params)."""
+def load(model_dir, scope='model', dtype=tf.float32):
+    """Read hparams.json and the latest checkpoint of model_dir.  Returns (hparams, params).
+
+    dtype: the weights' precision (tf.float32, tf.bfloat16 or tf.float16); the LayerNorm gains and
+    biases stay float32, as model.norm computes in float32.  Other dtypes are read and cast a group of
+    tensors at a time, so the float32 weights never all sit in memory at once."""
+    dtype = tf.as_dtype(dtype)
+    if dtype not in (tf.float32, tf.bfloat16, tf.float16):
+        raise model.ModelError(f'load(): dtype must be float32, bfloat16 or float16, got {dtype.name}')
     hparams = load_hparams(model_dir)
     ckpt = checkpoint_path(model_dir)
     try:
@@ -120,16 +127,40 @@ def load(model_dir, scope='model'):
     if extra:
         raise model.ModelError(f'checkpoint {ckpt} has variables that {model_dir}/hparams.json does not describe '
                          f'(e.g. {extra[0]}); the checkpoint and hparams.json are from different models')
-    try:
-        # One RestoreV2 op reads every tensor straight into TensorFlow's memory, in parallel.
-        names, dtypes = list(expected), reader.get_variable_to_dtype_map()
-        values = tf.raw_ops.RestoreV2(prefix=ckpt, tensor_names=names, shape_and_slices=[''] * len(names),
-                                      dtypes=[dtypes[n] for n in names])
-    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
-        raise model.ModelError(f'cannot read {ckpt} ({_first_line(e)}); the files may be corrupt, '
-                         f'{files.fix_hint(model_dir)}') from None
-    params = {n: v if v.dtype == tf.float32 else tf.cast(v, tf.float32) for n, v in zip(names, values)}
+    dtypes = reader.get_variable_to_dtype_map()
+    params = {}
+    for names in _groups(expected, dtypes, whole=dtype == tf.float32):
+        try:
+            # One RestoreV2 op reads a group of tensors straight into TensorFlow's memory, in parallel.
+            values = tf.raw_ops.RestoreV2(prefix=ckpt, tensor_names=names, shape_and_slices=[''] * len(names),
+                                          dtypes=[dtypes[n] for n in names])
+        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
+            raise model.ModelError(f'cannot read {ckpt} ({_first_line(e)}); the files may be corrupt, '
+                             f'{files.fix_hint(model_dir)}') from None
+        for n, v in zip(names, values):
+            want = tf.float32 if '/ln_' in n else dtype
+            params[n] = v if v.dtype == want else tf.cast(v, want)
+        del values
     return hparams, params
+
+
+LOAD_GROUP_BYTES = 256 << 20
+
+
+def _groups(shapes, dtypes, whole):
+    """The names in shapes, in groups of at most LOAD_GROUP_BYTES as stored (a larger tensor alone), or
+    all in one group when whole."""
+    if whole:
+        return [list(shapes)]
+    groups, size = [[]], 0
+    for name, shape in shapes.items():
+        nbytes = int(np.prod(shape)) * dtypes[name].size
+        if groups[-1] and size + nbytes > LOAD_GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    return groups
 
 
 def _is_slot(name):

@@ -532,9 +532,10 @@ def write_json(path, result):
 # ---------------------------------------------------------------------------------------------
 # Command line.
 
-def _load(model_name, models_dir):
+def _load(model_name, models_dir, precision):
+    dtype = cli.precision(precision)
     model_dir = checkpoint.model_path(model_name, models_dir)
-    hparams, params = checkpoint.load(model_dir)
+    hparams, params = checkpoint.load(model_dir, dtype=dtype)
     enc = encoder.get_encoder(os.path.basename(model_dir), os.path.dirname(model_dir))
     return hparams, params, enc
 
@@ -550,7 +551,8 @@ def _data_path(data):
 
 def perplexity_command(data=None, model_name='124M', models_dir='models', format='auto', field='text',
                        detokenizer='none', context=None, stride=None, batch_size=4, bos=True,
-                       count_line_ends=False, invalid_utf8='error', json_out=None, progress=True):
+                       count_line_ends=False, invalid_utf8='error', json_out=None, progress=True,
+                       precision='float32'):
     """Perplexity per token and per word, bits per byte and per char of a text or jsonl file.
 
     Args:
@@ -569,19 +571,21 @@ def perplexity_command(data=None, model_name='124M', models_dir='models', format
       json_out: also write the result, with counts and settings, to this JSON file (checked before
         scoring: its folder must exist and be writable; written atomically).
       progress: show a progress bar on stderr.
+      precision: the weights' precision in memory: float32 (default), bfloat16 (half the memory), or
+        float16 (GPU only); logits and scores are float32 either way.
     """
     path = _data_path(data)
     json_out = None if json_out is None else check_json_out(json_out)
     documents = read_documents(path, format, str(field), invalid_utf8)
-    hparams, params, enc = _load(model_name, models_dir)
+    hparams, params, enc = _load(model_name, models_dir, precision)
     result = perplexity(hparams, params, enc, documents, detokenizer, context, stride, batch_size, bos,
                         count_line_ends, progress)
-    _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name)), format=format), json_out)
+    _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name)), precision=precision, format=format), json_out)
 
 
 def lambada_command(data=None, model_name='124M', models_dir='models', format='auto', field='text',
                     detokenizer='none', context=None, batch_size=4, bos=True, invalid_utf8='error',
-                    json_out=None, progress=True):
+                    json_out=None, progress=True, precision='float32'):
     """LAMBADA-style last-word accuracy and perplexity of the passages in a jsonl or text file.
 
     Args:
@@ -599,17 +603,19 @@ def lambada_command(data=None, model_name='124M', models_dir='models', format='a
       json_out: also write the result, with counts and settings, to this JSON file (checked before
         scoring: its folder must exist and be writable; written atomically).
       progress: show a progress bar on stderr.
+      precision: the weights' precision in memory: float32 (default), bfloat16 (half the memory), or
+        float16 (GPU only); logits and scores are float32 either way.
     """
     path = _data_path(data)
     json_out = None if json_out is None else check_json_out(json_out)
     passages = read_documents(path, format, str(field), invalid_utf8, auto='lines')
-    hparams, params, enc = _load(model_name, models_dir)
+    hparams, params, enc = _load(model_name, models_dir, precision)
     result = lambada(hparams, params, enc, passages, detokenizer, context, batch_size, bos, progress)
-    _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name)), format=format), json_out)
+    _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name)), precision=precision, format=format), json_out)
 
 
 def cbt_command(data=None, model_name='124M', models_dir='models', detokenizer='none', context=None,
-                batch_size=10, bos=True, json_out=None, progress=True):
+                batch_size=10, bos=True, json_out=None, progress=True, precision='float32'):
     """Children's Book Test accuracy: the candidate that makes the query most likely fills its blank.
 
     Args:
@@ -624,13 +630,15 @@ def cbt_command(data=None, model_name='124M', models_dir='models', detokenizer='
       json_out: also write the result, with per-example predictions and settings, to this JSON file
         (checked before scoring: its folder must exist and be writable; written atomically).
       progress: show a progress bar on stderr.
+      precision: the weights' precision in memory: float32 (default), bfloat16 (half the memory), or
+        float16 (GPU only); logits and scores are float32 either way.
     """
     path = _data_path(data)
     json_out = None if json_out is None else check_json_out(json_out)
     examples = read_cbt(path)
-    hparams, params, enc = _load(model_name, models_dir)
+    hparams, params, enc = _load(model_name, models_dir, precision)
     result = cbt(hparams, params, enc, examples, detokenizer, context, batch_size, bos, progress)
-    _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name))), json_out)
+    _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name)), precision=precision), json_out)
 
 
 def _report(result, where, json_out):

@@ -11,13 +11,13 @@ import sampling
                      length='the whole context')
 def sample_model(model_name='124M', seed=None, nsamples=0, batch_size=1, length=None,
                  temperature=1, top_k=0, top_p=1, models_dir='models', *, stop_at_endoftext=False, stop=None,
-                 keep=None):
+                 keep=None, precision='float32'):
     nsamples = cli.integer('nsamples', nsamples, minimum=0)
     batch_size, seed, temperature, top_k, top_p, stop = sampling.check_flags(batch_size, seed, temperature,
                                                                              top_k, top_p, stop)
     # By default the whole context: the start token takes the first position.
     enc, hparams, params, length, keep = sampling.load_model(model_name, models_dir, length,
-                                                             lambda h: h.n_ctx - 1, keep)
+                                                             lambda h: h.n_ctx - 1, keep, precision)
     seeds = sample.seed_stream(seed)
 
     generated = 0

@@ -13,7 +13,7 @@ import sampling
                      extra='\n      prompt: continue this text once and exit, instead of asking at the terminal.')
 def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, length=None,
                    temperature=1, top_k=0, top_p=1, models_dir='models', *, stop_at_endoftext=False, prompt=None,
-                   stop=None, keep=None):
+                   stop=None, keep=None, precision='float32'):
     nsamples = cli.integer('nsamples', nsamples, minimum=1)
     batch_size, seed, temperature, top_k, top_p, stop = sampling.check_flags(batch_size, seed, temperature,
                                                                              top_k, top_p, stop)
@@ -23,7 +23,7 @@ def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, lengt
     if prompt == '':
         raise cli.UsageError('--prompt is empty; give some text, e.g. --prompt "Once upon a time"')
     enc, hparams, params, length, keep = sampling.load_model(model_name, models_dir, length,
-                                                             lambda h: h.n_ctx // 2, keep)
+                                                             lambda h: h.n_ctx // 2, keep, precision)
     seeds = sample.seed_stream(seed)
     settings = dict(hparams=hparams, params=params, length=length, temperature=temperature, top_k=top_k,
                     top_p=top_p, keep=keep)

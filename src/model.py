@@ -176,7 +176,7 @@ def model(hparams, X, past=None, params=None, scope='model'):
 
     batch, seq = shape_list(X)
     logits = tf.matmul(tf.reshape(h, [-1, hparams['n_embd']]), params[scope + '/wte'], transpose_b=True)
-    return {'logits': tf.reshape(logits, [batch, seq, hparams['n_vocab']]),
+    return {'logits': tf.reshape(tf.cast(logits, tf.float32), [batch, seq, hparams['n_vocab']]),
             'present': tf.stack(presents, axis=1)}
 
 

@@ -68,14 +68,15 @@ def stream_sequence(*, hparams, params, length, start_token=None, batch_size=Non
         raise SampleError(f'a prompt of {longest} tokens exceeds the model\'s context of {n_ctx} tokens; '
                           f'truncate it to its last {n_ctx} tokens or fewer')
     seed = secrets.randbits(31) if seed is None else int(seed)
-    return _stream(decoder_for(hparams), params, rows, int(length), int(keep), settings, seed)
+    dtype = tf.as_dtype(getattr(params['model/wte'], 'dtype', tf.float32))
+    return _stream(decoder_for(hparams, dtype), params, rows, int(length), int(keep), settings, seed)
 
 
 def _stream(decoder, params, rows, length, keep, settings, seed):
     """The generator behind stream_sequence: its own cache, the decoder's shared compiled steps."""
     n_ctx = decoder.hparams['n_ctx']
     weights = decoder.weights(params)
-    cache = decoder.new_cache()
+    cache = decoder.new_cache(weights['params']['model/wte'].dtype)
     first_draw, step = decoder.chooser(*settings), decoder.stepper(*settings)(weights, cache)
     seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
     # Every row's tokens, right-aligned: column `longest` holds each row's first new token.
@@ -188,12 +189,12 @@ _decoders = {}
 _decoders_lock = threading.Lock()
 
 
-def decoder_for(hparams):
-    """The Decoder shared by every call on this model shape (and XLA/copies setting)."""
-    key = (tuple(sorted(hparams.items())), xla_available(), _copies_allowed())
+def decoder_for(hparams, dtype=tf.float32):
+    """The Decoder shared by every call on this model shape and weights' precision (and XLA/copies setting)."""
+    key = (tuple(sorted(hparams.items())), tf.as_dtype(dtype), xla_available(), _copies_allowed())
     with _decoders_lock:
         if key not in _decoders:
-            _decoders[key] = Decoder(hparams)
+            _decoders[key] = Decoder(hparams, dtype=dtype)
         return _decoders[key]
 
 
@@ -208,11 +209,16 @@ class Decoder:
     GPT2_TRANSPOSED_COPIES=0 turns them off).
     """
 
-    def __init__(self, hparams, xla=None, transposed=None):
+    def __init__(self, hparams, xla=None, transposed=None, dtype=tf.float32):
         self.hparams = hparams
-        self.xla = xla_available() if xla is None else xla
+        cpu = not tf.config.list_logical_devices('GPU')
+        # bfloat16 weights on a CPU with bfloat16 instructions run the step as a plain graph (oneDNN), several
+        # times faster there than XLA; without them XLA with the transposed copies is the fastest form
+        # measured (docs/benchmarks.md).
+        graph = cpu and tf.as_dtype(dtype) == tf.bfloat16 and cpu_has_bfloat16()
+        self.xla = (xla_available() and not graph) if xla is None else xla
         # The output-major forms (_OutputMajor) were measured faster under XLA on CPU only; GPUs keep the plain form.
-        self.output_major = self.xla and not tf.config.list_logical_devices('GPU')
+        self.output_major = self.xla and cpu
         self.transposed = (self.output_major and _copies_allowed()) if transposed is None else transposed
         self._compiled = {}
         self._lock = threading.Lock()
@@ -233,12 +239,12 @@ class Decoder:
                 names += blocks
         return {'params': params, 'copies': _transposed_copies(params, names)}
 
-    def new_cache(self):
+    def new_cache(self, dtype=tf.float32):
         """A fresh key/value cache for one sequence: per layer, keys and values [batch, heads, slots,
-        head_dim], (re)allocated by prefill()."""
+        head_dim] in the weights' precision (dtype), (re)allocated by prefill()."""
         heads = self.hparams['n_head']
         shape = tf.TensorShape([None, heads, None, self.hparams['n_embd'] // heads])
-        empty = tf.zeros([0, heads, 0, shape[3]])
+        empty = tf.zeros([0, heads, 0, shape[3]], dtype)
         return [(tf.Variable(empty, shape=shape, trainable=False), tf.Variable(empty, shape=shape, trainable=False))
                 for _ in range(self.hparams['n_layer'])]
 
@@ -281,7 +287,7 @@ class Decoder:
         return logits, tf.stack(presents)
 
     def _forward(self, weights, tokens, positions, mask, pasts=None, vocab_major=False):
-        """model.block over tokens [batch, n] at positions [batch, n]; returns (the last position's logits
+        """model.block over tokens [batch, n] at positions [batch, n]; returns (the last position's float32 logits
         [batch, n_vocab], each layer's present).
 
         vocab_major (under XLA only): the logits are computed as wte @ last^T (_OutputMajor), the operand
@@ -302,7 +308,7 @@ class Decoder:
             logits = tf.matmul(last, copies['model/wte'])
         else:
             logits = tf.matmul(last, p['model/wte'], transpose_b=True)
-        return logits, presents
+        return tf.cast(logits, tf.float32), presents
 
     def logits_step(self):
         """The compiled step without the draw: (weights, cache, pending, tokens [batch], pos, start [batch])
@@ -478,6 +484,18 @@ def _free_memory():
     except OSError:
         pass
     return 0
+
+
+def cpu_has_bfloat16():
+    """Whether this CPU has bfloat16 matmul instructions (AVX512-BF16 or AMX; Linux flags)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return bool({'avx512_bf16', 'amx_bf16'} & set(line.split(':', 1)[1].split()))
+    except OSError:
+        pass
+    return False
 
 
 def xla_available():

@@ -34,7 +34,9 @@ FLAGS_DOC = """
         --stop '["\\n\\n", "THE END"]'.
       keep: past the model's context, each new token is predicted from at most n_ctx tokens; when the
         tokens since the last cut would exceed n_ctx, the text is cut to its last `keep` tokens (default
-        half the context), which are fed again.{extra}
+        half the context), which are fed again.
+      precision: the weights' precision in memory: float32 (default), bfloat16 (half the memory), or
+        float16 (GPU only). The checkpoint on disk is unchanged.{extra}
     """
 
 
@@ -72,14 +74,15 @@ def stop_strings(stop):
     return tuple(strings)
 
 
-def load_model(model_name, models_dir, length, default_length, keep):
+def load_model(model_name, models_dir, length, default_length, keep, precision='float32'):
     """(encoder, hparams, params, length, keep) for a sampling script; length None means
-    default_length(hparams), keep None half the context."""
+    default_length(hparams), keep None half the context; precision: the weights' (checkpoint.load)."""
     length = cli.integer('length', length, minimum=1, allow_none=True)
     keep = cli.integer('keep', keep, minimum=1, allow_none=True)
+    dtype = cli.precision(precision)
     path = checkpoint.model_path(model_name, models_dir)
     enc = encoder.get_encoder(os.path.basename(path), os.path.dirname(path))
-    hparams, params = checkpoint.load(path)
+    hparams, params = checkpoint.load(path, dtype=dtype)
     if keep is not None and keep >= hparams.n_ctx:
         raise cli.UsageError(f'--keep must be smaller than the context: --keep {keep} >= {hparams.n_ctx} '
                              f'(this model has n_ctx={hparams.n_ctx})')

@@ -354,7 +354,7 @@ def test_length_zero_returns_the_context(tiny):
 
 def logits_after_each_token(d, p, tokens, n):
     """Logits after tokens[:, :n] (a prefill), then after each further token fed by the compiled step."""
-    weights, cache = d.weights(p), d.new_cache()
+    weights, cache = d.weights(p), d.new_cache(p['model/wte'].dtype)
     start = tf.zeros([tokens.shape[0]], tf.int32)
     logits, pending = d.prefill(weights, cache, tf.constant(tokens[:, :n]), start, 64)
     out, step = [logits.numpy()], d.logits_step()
