@@ -4,15 +4,16 @@
     python bench/bench_kernels.py                     # fp32 and bf16, batch 1 and 8
     python bench/bench_kernels.py --dtypes float32 --batch_sizes 1
 
-One decode step is what the sampler computes per new token after the prompt: the 12 blocks on one
-position per row, each writing its key and value into a [batch, heads, capacity, head_dim] cache and
-attending to it, the final norm, the logits and a greedy draw.  The forms differ in
+One decode step is what the sampler computes per new token after the prompt, built here from
+sample.Decoder's own step: the 12 blocks (model.block) on one position per row, each writing the
+previous token's key and value into a [batch, heads, capacity, head_dim] cache and attending to the
+cache and the new token, the final norm, the logits and a greedy draw.  The forms differ in
   compiler  xla: tf.function(jit_compile=True);  graph: a plain tf.function (TensorFlow's own
             kernels, oneDNN on x86)
-  layout    stored: the blocks' matmuls read the checkpoint's [1, nx, nf] tensors (reshaped to
-            [nx, nf] inside the step, as model.conv1d does);  views: 2-D [nx, nf] views of them made
+  layout    stored: the blocks' matmuls read the checkpoint's [1, nx, nf] tensors (sliced to
+            [nx, nf] inside the step by model.conv1d's w[0]);  views: 2-D [nx, nf] views of them made
             once, eagerly (a reshape shares the buffer: no memory);  copies: transposed [nf, nx] copies
-            (under XLA as w^T @ x^T behind a barrier, sample._output_major; in a graph as
+            (under XLA as w^T @ x^T behind a barrier, sample._OutputMajor; in a graph as
             tf.matmul(x, w^T, transpose_b=True)), which cost the blocks' size again
   dtype     the weights' (and the cache's) precision; norms, softmax and logits stay float32
 The logits use, as sample.Decoder does: under XLA wte itself as the output-major left operand; in a
@@ -20,7 +21,7 @@ graph a transposed [n_embd, n_vocab] copy of wte (a copy of wte's size).  A seco
 logits layer alone in each layout.
 
 The floor is the step's matmuls alone (48 block matmuls chained, then the logits), the best of
-graph and XLA and of both layouts: what no form of the step can beat on this machine.
+graph and XLA and of the three layouts: what no form of the step can beat on this machine.
 Times are the median of --steps calls, the best of --rounds rounds with every form in each round.
 """
 import argparse
@@ -74,75 +75,89 @@ def block_weights(params):
 LAYOUTS = ('stored', 'views', 'copies')
 
 
+class _View:
+    """A 2-D weight [nx, nf] where model.conv1d expects the checkpoint's [1, nx, nf]: w[0] is the matrix."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def __getitem__(self, index):
+        return self.w
+
+
+class _TransposedB:
+    """A weight w [nx, nf] held as a copy w_t = w^T [nf, nx], for model.conv1d's `x @ w[0]` in a plain graph:
+    tf.matmul(x, w_t, transpose_b=True)."""
+
+    def __init__(self, w_t):
+        self.w_t = w_t
+
+    def __getitem__(self, index):
+        return self
+
+    def __rmatmul__(self, x):       # x [rows, nx] -> [rows, nf]
+        import tensorflow as tf
+        return tf.matmul(x, self.w_t, transpose_b=True)
+
+
 def blocks_in_layout(params, xla, layout):
     """(params with the blocks' weights in layout, extra bytes): 'stored' as they are, 'views' as 2-D
-    [nx, nf] reshapes (no copy), 'copies' as functions x -> x @ w over a transposed [nf, nx] copy."""
+    [nx, nf] reshapes (no copy), 'copies' as transposed [nf, nx] copies (sample._OutputMajor under XLA,
+    _TransposedB in a graph); each is what model.conv1d's `x @ w[0]` takes."""
     import tensorflow as tf
     import sample
     p, extra = dict(params), 0
     for k in block_weights(params):
         w = params[k]
         if layout == 'views':
-            p[k] = tf.reshape(w, w.shape[1:])
+            p[k] = _View(tf.reshape(w, w.shape[1:]))
         elif layout == 'copies':
             w_t = tf.transpose(w[0])
-            p[k] = sample._output_major(w_t) if xla else (lambda x, w_t=w_t: tf.matmul(x, w_t, transpose_b=True))
+            p[k] = sample._OutputMajor(w_t) if xla else _TransposedB(w_t)
             extra += w.shape.num_elements() * w.dtype.size
     return p, extra
 
 
 def step_function(hparams, params, batch, capacity, xla, layout):
-    """(step, extra bytes): step(tokens [batch], pos) -> greedy tokens [batch], one decode step in this form."""
+    """(step, args, extra bytes): step(*args) -> (greedy tokens [batch], pending), one decode step in this form at
+    slot args' pos: sample.Decoder's own step (cache writes, model.block over the past and the new token,
+    logits) on the blocks' weights in layout, then the greedy draw, as Decoder.stepper compiles it."""
     import tensorflow as tf
-    import model
     import sample
     dtype = params['model/wte'].dtype
+    decoder = sample.Decoder(hparams, xla=xla, transposed=False, dtype=dtype)
     p, extra = blocks_in_layout(params, xla, layout)
-    wte_t = None if xla else tf.transpose(params['model/wte'])
-    if wte_t is not None:
-        extra += wte_t.shape.num_elements() * dtype.size
-    heads, hd = hparams['n_head'], hparams['n_embd'] // hparams['n_head']
-    caches = [[tf.Variable(tf.zeros([batch, heads, capacity, hd], dtype)) for _ in range(2)]
-              for _ in range(hparams['n_layer'])]
+    copies = {} if xla else {'model/wte': tf.transpose(params['model/wte'])}   # the logits' layout, see above
+    extra += sum(c.shape.num_elements() * dtype.size for c in copies.values())
+    weights = {'params': p, 'copies': copies}
+    heads, hd, layers = hparams['n_head'], hparams['n_embd'] // hparams['n_head'], hparams['n_layer']
+    cache = decoder.new_cache(dtype)
+    for k, v in cache:
+        k.assign(tf.zeros([batch, heads, capacity, hd], dtype))
+        v.assign(tf.zeros([batch, heads, capacity, hd], dtype))
 
-    def write(var, new, pos):
-        if xla:
-            from tensorflow.compiler.tf2xla.python import xla as xla_ops
-            zero = tf.zeros([], tf.int32)
-            updated = xla_ops.dynamic_update_slice(var.read_value(), new, tf.stack([zero, zero, pos, zero]))
-            var.assign(updated)
-            return updated
-        var[:, :, pos:pos + 1].assign(new)
-        return var.read_value()
-
-    def step(tokens, pos):
-        mask = tf.range(capacity)[None, :] <= pos                                         # [1, capacity]
-        x = tf.gather(p['model/wte'], tokens[:, None]) + tf.gather(p['model/wpe'], pos[None])[None]
-        for layer in range(hparams['n_layer']):
-            k_var, v_var = caches[layer]
-            hook = lambda k, v, k_var=k_var, v_var=v_var: (write(k_var, k, pos), write(v_var, v, pos), mask)
-            x, _ = model.block(x, p, f'model/h{layer}', heads, cache=hook)
-        last = model.norm(x[:, -1], p['model/ln_f/g'], p['model/ln_f/b'])                 # [batch, n_embd]
-        if xla:
-            logits = sample._output_major(p['model/wte'])(last)
-        else:
-            logits = tf.matmul(last, wte_t)
-        return tf.argmax(tf.cast(logits, tf.float32), axis=-1, output_type=tf.int32)
+    def step(pending, tokens, pos, start):
+        # vocab_major under XLA: the logits as wte @ h^T, as Decoder.stepper does on CPU.
+        logits, pending = decoder._step(weights, cache, pending, tokens, pos, start, vocab_major=xla)
+        return sample.choose(logits, None, 0, 0, 1), pending
 
     fn = tf.function(step, autograph=False, jit_compile=xla or None,
-                     input_signature=[tf.TensorSpec([batch], tf.int32), tf.TensorSpec([], tf.int32)])
-    return fn, extra
+                     input_signature=[tf.TensorSpec([layers, batch, 2, heads, 1, hd], dtype),
+                                      tf.TensorSpec([batch], tf.int32), tf.TensorSpec([], tf.int32),
+                                      tf.TensorSpec([batch], tf.int32)])
+    return fn, extra, cache
 
 
 def matmul_chain(hparams, params, rows, xla, layout):
     """The step's matmuls alone: per block c_attn, c_proj, c_fc, mlp c_proj chained, then the logits."""
     import tensorflow as tf
+    import sample
     p, _ = blocks_in_layout(params, xla, layout)
     wte_t = None if xla else tf.transpose(params['model/wte'])
     e = hparams['n_embd']
 
     def mm(x, w):
-        y = w(x) if callable(w) else tf.matmul(x, tf.reshape(w, w.shape[-2:]))
+        y = x @ w[0]   # as model.conv1d
         if xla:   # behind a barrier: an add or slice that XLA fuses into a matmul makes it several times slower
             from tensorflow.compiler.tf2xla.python import xla as xla_ops
             y = xla_ops.optimization_barrier(y)[0]
@@ -158,8 +173,7 @@ def matmul_chain(hparams, params, rows, xla, layout):
             x = x + mm(a, p[s + '/attn/c_proj/w'])
             x = x + mm(mm(x, p[s + '/mlp/c_fc/w']), p[s + '/mlp/c_proj/w'])
         if wte_t is None:
-            import sample
-            return sample._output_major(p['model/wte'])(x)
+            return x @ sample._OutputMajor(p['model/wte'])
         return tf.matmul(x, wte_t)
 
     dtype = params['model/wte'].dtype
@@ -177,7 +191,7 @@ def logits_function(params, rows, xla, layout):
         wte_t = tf.transpose(wte)
         f = lambda h: tf.matmul(h, wte_t)
     elif layout == 'vocab_major':
-        f = sample._output_major(wte)
+        f = lambda h: h @ sample._OutputMajor(wte)
     else:
         f = lambda h: tf.matmul(h, wte, transpose_b=True)
     return tf.function(f, autograph=False, jit_compile=xla or None,
@@ -192,16 +206,20 @@ def timed(fns, steps, rounds):
             times = []
             for _ in range(steps):
                 t0 = time.perf_counter()
-                out = fn(*args)
-                out.numpy()
+                _numpy(fn(*args))
                 times.append(time.perf_counter() - t0)
             best[name] = min(best[name], statistics.median(times))
     return best
 
 
+def _numpy(out):
+    """Wait for a result (a tensor or a tuple of them, as the steps return) by reading it."""
+    return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+
+
 def first_call(fn, args):
     t0 = time.perf_counter()
-    fn(*args).numpy()
+    _numpy(fn(*args))
     return time.perf_counter() - t0
 
 
@@ -243,14 +261,17 @@ def main():
         params = weights(hparams, dtype)
         block_bytes = sum(params[k].shape.num_elements() for k in block_weights(params)) * dtype.size
         for batch in [int(b) for b in args.batch_sizes.split(',')]:
-            tokens, pos = tf.zeros([batch], tf.int32), tf.constant(args.pos)
-            steps, extra, compile_s = {}, {}, {}
+            heads = hparams['n_head']
+            pending = tf.zeros([hparams['n_layer'], batch, 2, heads, 1, hparams['n_embd'] // heads], dtype)
+            step_args = (pending, tf.zeros([batch], tf.int32), tf.constant(args.pos), tf.zeros([batch], tf.int32))
+            steps, extra, compile_s, caches = {}, {}, {}, []
             for xla in (False, True):
                 for layout in LAYOUTS:
                     name = f'{"xla" if xla else "graph"}+{layout}'
-                    fn, extra[name] = step_function(hparams, params, batch, args.capacity, xla, layout)
-                    compile_s[name] = first_call(fn, (tokens, pos))
-                    steps[name] = (fn, (tokens, pos))
+                    fn, extra[name], cache = step_function(hparams, params, batch, args.capacity, xla, layout)
+                    caches.append(cache)
+                    compile_s[name] = first_call(fn, step_args)
+                    steps[name] = (fn, step_args)
             h = tf.cast(tf.random.stateless_normal([batch, hparams['n_embd']], [3, 4]), dtype)
             logit_fns = {}
             for xla in (False, True):
@@ -270,7 +291,7 @@ def main():
                 print(f'  {name:<14} {t * 1e3:>8.1f} {batch / t:>7.1f} {best_floor / t:>8.0%} '
                       f'{compile_s[name]:>13.2f} {extra[name] / 2**20:>10.0f}')
             print('  logits alone: ' + ', '.join(f'{k} {v * 1e3:.1f} ms' for k, v in logit_times.items()))
-            del steps, logit_fns
+            del steps, logit_fns, caches
 
 
 if __name__ == '__main__':
