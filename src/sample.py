@@ -75,7 +75,7 @@ def stream_sequence(*, hparams, params, length, start_token=None, batch_size=Non
 def _stream(decoder, params, rows, length, keep, settings, seed):
     """The generator behind stream_sequence: its own cache, the decoder's shared compiled steps."""
     n_ctx = decoder.hparams['n_ctx']
-    weights = decoder.weights(params)
+    weights = decoder.weights(params, logits_copy=not decoder.draws_in_step(*settings))
     cache = decoder.new_cache(weights['params']['model/wte'].dtype)
     first_draw, step = decoder.chooser(*settings), decoder.stepper(*settings)(weights, cache)
     seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
@@ -223,15 +223,16 @@ class Decoder:
         self._compiled = {}
         self._lock = threading.Lock()
 
-    def weights(self, params):
+    def weights(self, params, logits_copy=True):
         """The weights as the steps take them: {'params': the checkpoint's tensors (or variables, read at
-        every step), 'copies': their transposed copies, if any}.  The copies are made once per set of frozen
-        weights and dropped when those weights are (see _transposed_copies)."""
+        every step), 'copies': their transposed copies, if any}.  The copies are made once per frozen tensor
+        and dropped when it is (see _transposed_copies).  logits_copy=False leaves out wte's [n_embd, n_vocab]
+        copy, which only steps that hand their logits on use (see draws_in_step)."""
         params = {k: v if isinstance(v, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(v)
                   for k, v in params.items()}
         if any(isinstance(w, tf.Variable) for w in params.values()):
             return {'params': params, 'copies': {}}
-        names = ['model/wte']
+        names = ['model/wte'] if logits_copy else []
         if self.transposed:
             blocks = [k for k in params if k.endswith('/w') and k.startswith('model/h')]
             size = sum(params[k].shape.num_elements() * params[k].dtype.size for k in blocks)
@@ -315,13 +316,17 @@ class Decoder:
         -> (logits, pending)."""
         return self._compile('logits', self._step, jit=self.xla)
 
+    def draws_in_step(self, temperature, top_k, top_p):
+        """Whether the compiled step draws the next token itself (greedy and top-k, under XLA)."""
+        return self.xla and (temperature == 0 or top_k > 0)
+
     def stepper(self, temperature, top_k, top_p):
         """A function (weights, cache) -> step, for one call's weights and cache, where step is a function
         (pending, tokens int32 [batch], pos, start, seed [2]) -> (next tokens int32 [batch], pending) that
         feeds `tokens` at slot pos and draws what follows (see _step).  Greedy and top-k draws are compiled into the XLA
         step (one call per token, and XLA's top-k is faster than TensorFlow's); a draw from the whole
         vocabulary sorts or samples 50k logits, which XLA on CPU does slower, so that runs after the step."""
-        if self.xla and (temperature == 0 or top_k > 0):
+        if self.draws_in_step(temperature, top_k, top_p):
             def step_and_draw(weights, cache, pending, tokens, pos, start, seed):
                 logits, pending = self._step(weights, cache, pending, tokens, pos, start, self.output_major)
                 return choose(logits, seed, temperature, top_k, top_p), pending
@@ -458,20 +463,23 @@ _copies_lock = threading.Lock()
 
 
 def _transposed_copies(params, names):
-    """{name: transpose of params[name] as a matrix} for frozen weights, made once and kept exactly as long as
-    every source tensor lives (a weakref.finalize on each drops the copies)."""
-    key = tuple((name, id(params[name])) for name in names)
-    with _copies_lock:
-        if key in _copies:
-            return _copies[key]
-    copies = {name: tf.transpose(params[name][0] if params[name].shape.rank == 3 else params[name])
-              for name in names}
-    with _copies_lock:
-        if key not in _copies:
-            _copies[key] = copies
-            for name in names:
-                weakref.finalize(params[name], _copies.pop, key, None)
-        return _copies[key]
+    """{name: transpose of params[name] as a matrix} for frozen weights, each made once and kept exactly as
+    long as its source tensor lives (a weakref.finalize on the source drops the copy)."""
+    copies = {}
+    for name in names:
+        key = id(params[name])
+        with _copies_lock:
+            copy = _copies.get(key)
+        if copy is None:
+            w = params[name]
+            copy = tf.transpose(w[0] if w.shape.rank == 3 else w)
+            with _copies_lock:
+                if key not in _copies:
+                    _copies[key] = copy
+                    weakref.finalize(w, _copies.pop, key, None)
+                copy = _copies[key]
+        copies[name] = copy
+    return copies
 
 
 def _free_memory():
