@@ -5,9 +5,10 @@
 
 Random weights of the real 124M shape are written with checkpoint.save and exported with
 export.export; one process then loads both (checkpoint.load for sample.py, tf.saved_model.load for
-the export) and times warm calls, alternating the two and repeating, so that load from other work
-on the machine falls on both alike.  Reported per batch size: new tokens per second of a whole
-call (prompt pass included), median over the repeats, and the ratio export / sample.py.
+the exports) and times warm calls, alternating them and repeating, so that load from other work
+on the machine falls on all alike.  Reported per batch size: new tokens per second of a whole
+call (prompt pass included), median over the repeats, and the ratio export / sample.py, for an
+--xla and an --noxla export (--exports).
 """
 import argparse
 import os
@@ -80,7 +81,8 @@ def main():
           f'prompt {args.prompt}, {args.new} new tokens, top_k {args.top_k}, median of {args.repeats} '
           f'alternating warm calls; tokens/s and ratio to sample.py')
     names = list(rows[0][1])
-    print(f'{"batch":>5} ' + ' '.join(f'{n:>14}' for n in names) + ' ' + ' '.join(f'{n + "/sample":>18}' for n in names[1:]))
+    print(f'{"batch":>5} ' + ' '.join(f'{n:>14}' for n in names) + ' '
+          + ' '.join(f'{n + "/sample":>18}' for n in names[1:]))
     for batch, r in rows:
         print(f'{batch:>5} ' + ' '.join(f'{r[n]:>14.1f}' for n in names) + ' '
               + ' '.join(f'{r[n] / r["sample.py"]:>17.2f}x' for n in names[1:]))

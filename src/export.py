@@ -2,7 +2,7 @@
 """Export a GPT-2 checkpoint as a SavedModel that TensorFlow Serving, `saved_model_cli` and plain
 `tf.saved_model.load` run without this code.
 
-    python src/export.py --model_name 124M --out exported/124M [--precision bfloat16] [--version 3]
+    python src/export.py --model_name 124M --out exported/124M [--precision bfloat16] [--version 3] [--noxla]
 
 writes exported/124M/<version>/ (the layout TF Serving expects; the next free integer by default),
 atomically: the SavedModel is written into a hidden folder beside it and renamed when complete.
@@ -10,9 +10,9 @@ atomically: the SavedModel is written into a hidden folder beside it and renamed
 Signatures:
   generate (also serving_default): tokens int32 [batch, seq], length int32, temperature float32,
       top_k int32, top_p float32, seed int32 -> tokens int32 [batch, seq + length].  Cached decoding:
-      the prompt in one pass, then one token per step of a tf.while_loop over the keys and values of
-      the tokens so far.  temperature 0 or top_k 1: greedy; top_k 0 and top_p 1: no truncation; the
-      same seed gives the same tokens.
+      the prompt in one pass, then one token per step of a tf.while_loop over fixed-size key/value
+      buffers, compiled with XLA (--noxla: a plain graph, for servers without XLA).  temperature 0 or
+      top_k 1: greedy; top_k 0 and top_p 1: no truncation; the same seed gives the same tokens.
   logits: tokens int32 [batch, seq] -> logits float32 [batch, seq, n_vocab].
 encoder.json and vocab.bpe travel as assets (assets/encoder.json, assets/vocab.bpe).
 """
@@ -221,9 +221,9 @@ def export(model_dir, out, precision='float32', version=None, xla=True):
     """Write the model in model_dir as a SavedModel at out/<version>/; returns that path.
 
     version: an integer, or None for the next free one.  xla: compile generate's decoding loop with XLA
-    (see docs/export.md for what a server then needs); False: a plain TensorFlow graph.  The vocabulary is model_dir's encoder.json
-    and vocab.bpe, or the vendored GPT-2 vocabulary when model_dir has none.  Nothing is left behind
-    when the export fails."""
+    (docs/export.md says what a server then needs); False: a plain TensorFlow graph.  The vocabulary is
+    model_dir's encoder.json and vocab.bpe, or the vendored GPT-2 vocabulary when model_dir has none.
+    Nothing is left behind when the export fails."""
     if precision not in PRECISIONS:
         raise cli.UsageError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
     version = cli.integer('version', version, minimum=1, allow_none=True)
