@@ -311,3 +311,14 @@ def test_noxla_export_generates_like_sample_sequence(tiny, tmp_path):
     np.testing.assert_array_equal(gen(10, temperature=0.0), expected)
     np.testing.assert_array_equal(gen(10, top_k=5, seed=3), gen(10, top_k=5, seed=3))
     np.testing.assert_array_equal(gen(0), ctx)
+
+
+def test_greedy_generate_fills_the_whole_context(exported, tiny):
+    """prompt + length = n_ctx: the buffers' last slot is used (capacity capped at n_ctx, not a bucket)."""
+    _, (h, p) = tiny
+    ctx = np.random.default_rng(5).integers(0, h.n_vocab, size=(2, 7)).astype(np.int32)
+    out = tf.saved_model.load(exported).signatures['generate'](
+        tokens=tf.constant(ctx), length=tf.constant(h.n_ctx - 7), temperature=tf.constant(0.0),
+        top_k=tf.constant(0), top_p=tf.constant(1.0), seed=tf.constant(0))['tokens'].numpy()
+    expected = sample.sample_sequence(hparams=h, params=p, length=h.n_ctx - 7, context=ctx, temperature=0).numpy()
+    np.testing.assert_array_equal(out, expected)
