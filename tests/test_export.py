@@ -271,3 +271,54 @@ def test_export_failing_midway_leaves_nothing(tiny, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         export.export(os.path.join(models, 'tiny'), str(out))
     assert os.listdir(tmp_path / 'a') == []   # out did not exist, so it is gone again; a stays
+
+
+@pytest.mark.parametrize('top_k, top_p', [(3, 1.0), (20, 0.9), (100, 1.0), (0, 0.3), (0, 0.97)])
+def test_draw_under_xla_matches_the_truncated_distribution(monkeypatch, top_k, top_p):
+    """XLA's static top-k: a few candidates, more, then the whole vocabulary; each draw must follow the
+    exact top-k-then-nucleus distribution (numpy reference), whichever stage answers."""
+    monkeypatch.setattr(export, 'CANDIDATES', (8, 32))   # 211 tokens: every stage is reached by some case
+    logits = np.random.default_rng(top_k).normal(0, 2, [1, HPARAMS['n_vocab']]).astype(np.float32)
+    rows = 20000
+    draw = tf.function(lambda lg, seed: export.draw(lg, seed, tf.constant(0.8), tf.constant(top_k),
+                                                    tf.constant(top_p)), jit_compile=True, autograph=False)
+    drawn = draw(tf.constant(np.repeat(logits, rows, axis=0)), tf.constant([1, 2])).numpy()
+    scaled = logits[0] / 0.8
+    order = np.argsort(-scaled, kind='stable')[:top_k or None]
+    probs = np.exp(scaled[order] - scaled[order].max())
+    probs /= probs.sum()
+    kept = order[:np.searchsorted(np.cumsum(probs), top_p) + 1]   # the smallest set with mass >= top_p
+    expected = np.zeros(HPARAMS['n_vocab'])
+    expected[kept] = probs[:len(kept)] / probs[:len(kept)].sum()
+    assert set(drawn) <= set(kept)
+    frequencies = np.bincount(drawn, minlength=HPARAMS['n_vocab']) / rows
+    np.testing.assert_allclose(frequencies, expected, atol=4 * np.sqrt(expected.max() / rows) + 1e-9)
+
+
+def test_noxla_export_generates_like_sample_sequence(tiny, tmp_path):
+    """--noxla: the same decoding as a plain TensorFlow graph, for servers without XLA."""
+    models, (h, p) = tiny
+    m = tf.saved_model.load(export.export(os.path.join(models, 'tiny'), str(tmp_path / 'plain'), xla=False))
+    graph = m.signatures['generate'].graph.as_graph_def()
+    assert not any(f.attr['_XlaMustCompile'].b for f in graph.library.function)
+    ctx = np.random.default_rng(4).integers(0, h.n_vocab, size=(3, 5)).astype(np.int32)
+
+    def gen(length, **settings):
+        settings = dict(dict(temperature=1.0, top_k=0, top_p=1.0, seed=0), **settings)
+        return m.signatures['generate'](tokens=tf.constant(ctx), length=tf.constant(length),
+                                        **{k: tf.constant(v) for k, v in settings.items()})['tokens'].numpy()
+    expected = sample.sample_sequence(hparams=h, params=p, length=10, context=ctx, temperature=0).numpy()
+    np.testing.assert_array_equal(gen(10, temperature=0.0), expected)
+    np.testing.assert_array_equal(gen(10, top_k=5, seed=3), gen(10, top_k=5, seed=3))
+    np.testing.assert_array_equal(gen(0), ctx)
+
+
+def test_greedy_generate_fills_the_whole_context(exported, tiny):
+    """prompt + length = n_ctx: the buffers' last slot is used (capacity capped at n_ctx, not a bucket)."""
+    _, (h, p) = tiny
+    ctx = np.random.default_rng(5).integers(0, h.n_vocab, size=(2, 7)).astype(np.int32)
+    out = tf.saved_model.load(exported).signatures['generate'](
+        tokens=tf.constant(ctx), length=tf.constant(h.n_ctx - 7), temperature=tf.constant(0.0),
+        top_k=tf.constant(0), top_p=tf.constant(1.0), seed=tf.constant(0))['tokens'].numpy()
+    expected = sample.sample_sequence(hparams=h, params=p, length=h.n_ctx - 7, context=ctx, temperature=0).numpy()
+    np.testing.assert_array_equal(out, expected)
