@@ -75,9 +75,11 @@ def stream_sequence(*, hparams, params, length, start_token=None, batch_size=Non
 def _stream(decoder, params, rows, length, keep, settings, seed):
     """The generator behind stream_sequence: its own cache, the decoder's shared compiled steps."""
     n_ctx = decoder.hparams['n_ctx']
-    weights = decoder.weights(params, logits_copy=not decoder.draws_in_step(*settings))
+    logits_copy = not decoder.draws_in_step(*settings)
+    # The prompt pass (eager) needs no blocks' copies: they, and the step's tracing, come after the first token.
+    weights = decoder.weights(params, logits_copy, block_copies=False)
     cache = decoder.new_cache(weights['params']['model/wte'].dtype)
-    first_draw, step = decoder.chooser(*settings), decoder.stepper(*settings)(weights, cache)
+    first_draw, step = decoder.chooser(*settings), None
     seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
     # Every row's tokens, right-aligned: column `longest` holds each row's first new token.
     longest = max(len(r) for r in rows)
@@ -97,6 +99,8 @@ def _stream(decoder, params, rows, length, keep, settings, seed):
             logits, pending = decoder.prefill(weights, cache, tf.constant(tokens[:, base:t]), start, capacity)
             token = first_draw(logits, seeds(i))
         else:
+            if step is None:
+                step = decoder.stepper(*settings)(decoder.weights(params, logits_copy), cache)
             token, pending = step(pending, tf.constant(tokens[:, t - 1]), tf.constant(t - 1 - base, tf.int32),
                                   start, seeds(i))
         tokens[:, t] = token = token.numpy()
@@ -223,17 +227,18 @@ class Decoder:
         self._compiled = {}
         self._lock = threading.Lock()
 
-    def weights(self, params, logits_copy=True):
+    def weights(self, params, logits_copy=True, block_copies=True):
         """The weights as the steps take them: {'params': the checkpoint's tensors (or variables, read at
         every step), 'copies': their transposed copies, if any}.  The copies are made once per frozen tensor
         and dropped when it is (see _transposed_copies).  logits_copy=False leaves out wte's [n_embd, n_vocab]
-        copy, which only steps that hand their logits on use (see draws_in_step)."""
+        copy, which only steps that hand their logits on use (see draws_in_step); block_copies=False the
+        blocks' copies, which only the compiled step uses."""
         params = {k: v if isinstance(v, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(v)
                   for k, v in params.items()}
         if any(isinstance(w, tf.Variable) for w in params.values()):
             return {'params': params, 'copies': {}}
         names = ['model/wte'] if logits_copy else []
-        if self.transposed:
+        if self.transposed and block_copies:
             blocks = [k for k in params if k.endswith('/w') and k.startswith('model/h')]
             size = sum(params[k].shape.num_elements() * params[k].dtype.size for k in blocks)
             if 2 * size < _free_memory():
