@@ -16,6 +16,7 @@ import inspect
 import os
 import secrets
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -68,17 +69,18 @@ def stream_sequence(*, hparams, params, length, start_token=None, batch_size=Non
         raise SampleError(f'a prompt of {longest} tokens exceeds the model\'s context of {n_ctx} tokens; '
                           f'truncate it to its last {n_ctx} tokens or fewer')
     seed = secrets.randbits(31) if seed is None else int(seed)
+    return _stream(hparams, params, rows, int(length), int(keep), settings, seed)
+
+
+def _stream(hparams, params, rows, length, keep, settings, seed):
+    """The generator behind stream_sequence: its own cache, the decoders' shared compiled steps."""
+    n_ctx = hparams['n_ctx']
     dtype = tf.as_dtype(getattr(params['model/wte'], 'dtype', tf.float32))
-    return _stream(decoder_for(hparams, dtype), params, rows, int(length), int(keep), settings, seed)
-
-
-def _stream(decoder, params, rows, length, keep, settings, seed):
-    """The generator behind stream_sequence: its own cache, the decoder's shared compiled steps."""
-    n_ctx = decoder.hparams['n_ctx']
-    logits_copy = not decoder.draws_in_step(*settings)
-    # The prompt pass (eager) needs no blocks' copies: they, and the step's tracing, come after the first token.
-    weights = decoder.weights(params, logits_copy, block_copies=False)
-    cache = decoder.new_cache(weights['params']['model/wte'].dtype)
+    decoder = decoder_for(hparams, dtype)
+    # The prompt pass runs eagerly on the weights as they are.  The step's form (a timed trial at the first
+    # use of a batch size), its tracing and its weight copies all come after the first token.
+    weights = decoder.weights(params, logits_copy=False, block_copies=False)
+    cache = decoder.new_cache(dtype)
     first_draw, step = decoder.chooser(*settings), None
     seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
     # Every row's tokens, right-aligned: column `longest` holds each row's first new token.
@@ -100,7 +102,8 @@ def _stream(decoder, params, rows, length, keep, settings, seed):
             token = first_draw(logits, seeds(i))
         else:
             if step is None:
-                step = decoder.stepper(*settings)(decoder.weights(params, logits_copy), cache)
+                fast = fastest_decoder(hparams, params, len(rows), *settings)
+                step = fast.stepper(*settings)(fast.weights(params, not fast.draws_in_step(*settings)), cache)
             token, pending = step(pending, tf.constant(tokens[:, t - 1]), tf.constant(t - 1 - base, tf.int32),
                                   start, seeds(i))
         tokens[:, t] = token = token.numpy()
@@ -187,43 +190,132 @@ def _round_up(n, multiple):
     return -(-n // multiple) * multiple
 
 
-# --- the decoder ----------------------------------------------------------------------------------------
+# --- decoders, one per model shape, precision and step form ---------------------------------------------
 
 _decoders = {}
 _decoders_lock = threading.Lock()
 
 
-def decoder_for(hparams, dtype=tf.float32):
-    """The Decoder shared by every call on this model shape and weights' precision (and XLA/copies setting)."""
-    key = (tuple(sorted(hparams.items())), tf.as_dtype(dtype), xla_available(), _copies_allowed())
+def decoder_for(hparams, dtype=tf.float32, xla=None, transposed=None):
+    """The Decoder shared by every call on this model shape, weights' precision and step form (None: the
+    rule, see Decoder)."""
+    key = (tuple(sorted(hparams.items())), tf.as_dtype(dtype), xla, transposed, _setting('GPT2_XLA'),
+           _setting('GPT2_TRANSPOSED_COPIES'))
     with _decoders_lock:
         if key not in _decoders:
-            _decoders[key] = Decoder(hparams, dtype=dtype)
+            _decoders[key] = Decoder(hparams, xla, transposed, dtype)
         return _decoders[key]
 
 
-class Decoder:
-    """The compiled forward passes of one model shape.  They hold no weights and no sequence state: the
-    weights (see weights()) and a cache (see new_cache()) are arguments, so any number of calls, one after
-    the other or at the same time, share one compiled step.
+# --- the kernel trial: which form of the step is fastest on this machine ---------------------------------
 
-    Step forms: `xla` compiles the one-token step with XLA (default: where available; GPT2_XLA=0 turns it
-    off); `transposed` runs the blocks' matmuls on transposed weight copies, which XLA's CPU matmul takes
-    faster for a few rows (default: under XLA on CPU, for frozen weights, when the copies fit in memory;
-    GPT2_TRANSPOSED_COPIES=0 turns them off).
+TRIAL_MIN_BYTES = 32 * 2**20   # blocks' weights below this take the rule: there the forms differ by microseconds
+COPIES_MARGIN = 0.05           # transposed copies (the blocks' size again) are kept only if they save more than this
+
+_trials = {}   # (shape, precision, candidates, rows, draw in step) -> (form, estimates), measured once per process
+_trials_lock = threading.Lock()
+
+
+def fastest_decoder(hparams, params, batch_size, temperature=1, top_k=0, top_p=1):
+    """The Decoder for the one-token step over these weights at this batch size: its form (XLA or a plain
+    graph; under XLA, the blocks' transposed copies or not) is the fastest in a short timed trial of each
+    candidate, run at the first use of a shape, precision and batch size (rounded up to a power of 2) in
+    this process and remembered.  GPT2_XLA and GPT2_TRANSPOSED_COPIES (0 or 1) force a form; the trial
+    is skipped (the rule, see Decoder) for small models unless GPT2_KERNEL_TRIAL=1, and always with
+    GPT2_KERNEL_TRIAL=0."""
+    dtype = tf.as_dtype(getattr(params['model/wte'], 'dtype', tf.float32))
+    form = step_form(hparams, params, batch_size, temperature, top_k, top_p)['form']
+    return decoder_for(hparams, dtype, *form) if form else decoder_for(hparams, dtype)
+
+
+def step_form(hparams, params, batch_size, temperature=1, top_k=0, top_p=1):
+    """{'form': (xla, transposed) chosen by the trial, or None for the rule; 'estimates': seconds per step
+    of each candidate form timed}, see fastest_decoder."""
+    dtype = tf.as_dtype(getattr(params['model/wte'], 'dtype', tf.float32))
+    block_bytes = sum(_bytes(v) for k, v in params.items() if _is_block_weight(k))
+    candidates = _candidate_forms(params, block_bytes)
+    trial = os.environ.get('GPT2_KERNEL_TRIAL', '')
+    if len(candidates) < 2 or trial == '0' or (trial != '1' and block_bytes < TRIAL_MIN_BYTES):
+        return {'form': None, 'estimates': {}}
+    rows = 1 << (int(batch_size) - 1).bit_length()
+    in_step = temperature == 0 or top_k > 0
+    key = (tuple(sorted(hparams.items())), dtype, tuple(candidates), rows, in_step)
+    with _trials_lock:   # one trial at a time: two at once would time each other
+        if key not in _trials:
+            estimates = {form: decoder_for(hparams, dtype, *form).time_step(params, rows, in_step)
+                         for form in candidates}
+            _trials[key] = (pick_form(estimates), estimates)
+        form, estimates = _trials[key]
+    return {'form': form, 'estimates': dict(estimates)}
+
+
+def pick_form(estimates, margin=COPIES_MARGIN):
+    """The fastest of {(xla, transposed): seconds per step}, except that a form with transposed copies must
+    beat the fastest one without by more than `margin`: the copies cost the blocks' memory again."""
+    best = min(estimates, key=estimates.get)
+    without = [form for form in estimates if not form[1]]
+    if best[1] and without:
+        plain = min(without, key=estimates.get)
+        if estimates[best] > (1 - margin) * estimates[plain]:
+            return plain
+    return best
+
+
+def _candidate_forms(params, block_bytes):
+    """The (xla, transposed) forms of the step worth timing here, as GPT2_XLA and GPT2_TRANSPOSED_COPIES allow."""
+    if tf.config.list_logical_devices('GPU'):
+        return []   # measured on CPUs only; GPUs take the rule
+    xla, copies = _setting('GPT2_XLA'), _setting('GPT2_TRANSPOSED_COPIES')
+    frozen = not any(isinstance(v, tf.Variable) for v in params.values())
+    forms = []
+    for x in (True, False):
+        for c in ((True, False) if x else (False,)):
+            if (xla in (None, x) and copies in (None, c) and (xla_available() or not x)
+                    and (not c or (frozen and 2 * block_bytes < _free_memory()))):
+                forms.append((x, c))
+    return forms
+
+
+def _is_block_weight(name):
+    return name.startswith('model/h') and name.endswith('/w')
+
+
+def _bytes(w):
+    return int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size
+
+
+def _setting(name):
+    """An environment switch: '0' False, '1' True, else (unset) None."""
+    return {'0': False, '1': True}.get(os.environ.get(name, ''))
+
+
+# --- the decoder ----------------------------------------------------------------------------------------
+
+class Decoder:
+    """The compiled forward passes of one model shape, in one form.  They hold no weights and no sequence
+    state: the weights (see weights()) and a cache (see new_cache()) are arguments, so any number of calls,
+    one after the other or at the same time, share one compiled step.
+
+    Step forms: `xla` compiles the one-token step with XLA; `transposed` runs the blocks' matmuls on
+    transposed weight copies (under XLA on CPU, for frozen weights, when the copies fit in memory).
+    fastest_decoder picks them by timing; the rule, where it does not (None here): XLA where available,
+    except bfloat16 weights on a CPU with bfloat16 instructions, which run as a plain graph (oneDNN);
+    copies under XLA on CPU.  GPT2_XLA and GPT2_TRANSPOSED_COPIES (0 or 1) override the rule.
     """
 
     def __init__(self, hparams, xla=None, transposed=None, dtype=tf.float32):
         self.hparams = hparams
         cpu = not tf.config.list_logical_devices('GPU')
-        # bfloat16 weights on a CPU with bfloat16 instructions run the step as a plain graph (oneDNN), several
-        # times faster there than XLA; without them XLA with the transposed copies is the fastest form
-        # measured (docs/benchmarks.md).
-        graph = cpu and tf.as_dtype(dtype) == tf.bfloat16 and cpu_has_bfloat16()
-        self.xla = (xla_available() and not graph) if xla is None else xla
+        if xla is None:
+            graph = cpu and tf.as_dtype(dtype) == tf.bfloat16 and cpu_has_bfloat16()
+            forced = _setting('GPT2_XLA')
+            xla = xla_available() and (not graph if forced is None else forced)
+        self.xla = xla
         # The output-major forms (_OutputMajor) were measured faster under XLA on CPU only; GPUs keep the plain form.
         self.output_major = self.xla and cpu
-        self.transposed = (self.output_major and _copies_allowed()) if transposed is None else transposed
+        if transposed is None:
+            transposed = self.output_major and _copies_allowed()
+        self.transposed = transposed
         self._compiled = {}
         self._lock = threading.Lock()
 
@@ -239,20 +331,22 @@ class Decoder:
             return {'params': params, 'copies': {}}
         names = ['model/wte'] if logits_copy else []
         if self.transposed and block_copies:
-            blocks = [k for k in params if k.endswith('/w') and k.startswith('model/h')]
-            size = sum(params[k].shape.num_elements() * params[k].dtype.size for k in blocks)
-            if 2 * size < _free_memory():
+            blocks = [k for k in params if _is_block_weight(k)]
+            if 2 * sum(_bytes(params[k]) for k in blocks) < _free_memory():
                 names += blocks
         return {'params': params, 'copies': _transposed_copies(params, names)}
 
     def new_cache(self, dtype=tf.float32):
         """A fresh key/value cache for one sequence: per layer, keys and values [batch, heads, slots,
         head_dim] in the weights' precision (dtype), (re)allocated by prefill()."""
+        return self._cache(self.hparams['n_layer'], 0, 0, dtype)
+
+    def _cache(self, layers, batch, slots, dtype):
         heads = self.hparams['n_head']
         shape = tf.TensorShape([None, heads, None, self.hparams['n_embd'] // heads])
-        empty = tf.zeros([0, heads, 0, shape[3]], dtype)
-        return [(tf.Variable(empty, shape=shape, trainable=False), tf.Variable(empty, shape=shape, trainable=False))
-                for _ in range(self.hparams['n_layer'])]
+        zeros = lambda: tf.zeros([batch, heads, slots, shape[3]], dtype)
+        return [(tf.Variable(zeros(), shape=shape, trainable=False), tf.Variable(zeros(), shape=shape, trainable=False))
+                for _ in range(layers)]
 
     def prefill(self, weights, cache, tokens, start, capacity):
         """Feed tokens [batch, n], row r from slot start[r] on (earlier slots are padding), into fresh
@@ -266,17 +360,22 @@ class Decoder:
         positions = tf.maximum(slots[None] - start[:, None], 0)                          # [batch, n]
         # Query slot i sees key slots j with start <= j <= i.
         mask = (slots[None, None] <= slots[None, :, None]) & (slots[None, None] >= start[:, None, None])
-        logits, presents = self._forward(weights, tokens, positions, mask[:, None])
+        x, presents = self._forward(weights, tokens, positions, mask[:, None])
         for (k, v), present in zip(cache, presents):   # present [batch, 2, heads, n, hd]
             padded = tf.pad(present, [[0, 0], [0, 0], [0, 0], [0, capacity - n], [0, 0]])
             k.assign(padded[:, 0])
             v.assign(padded[:, 1])
-        return logits, tf.stack([present[..., -1:, :] for present in presents])
+        return self._logits(weights, x[:, -1]), tf.stack([present[..., -1:, :] for present in presents])
 
     def _step(self, weights, cache, pending, tokens, pos, start, vocab_major=False):
         """Write `pending`, the previous token's keys and values [n_layer, batch, 2, heads, 1, hd], at slot
         pos - 1, then feed tokens [batch] at slot pos; returns the logits [batch, n_vocab] and this token's
-        keys and values (the next step's pending).
+        keys and values (the next step's pending)."""
+        x, presents = self._step_blocks(weights, cache, pending, tokens, pos, start)
+        return self._logits(weights, x[:, -1], vocab_major), tf.stack(presents)
+
+    def _step_blocks(self, weights, cache, pending, tokens, pos, start):
+        """The blocks of _step, one per layer of `cache`: returns x [batch, 1, n_embd] and the presents.
 
         Writing a token's keys and values one step late lets the buffers be written in place before they
         are read: under XLA, writing a buffer after reading it in the same step copies it."""
@@ -288,33 +387,71 @@ class Decoder:
         # Cached slots start..pos-1 and the new token itself; later slots hold zeros or stale keys.
         seen = (slots[None] >= start[:, None]) & (slots[None] < pos)                      # [batch, capacity]
         mask = tf.concat([seen, tf.ones_like(seen[:, :1])], axis=1)[:, None, None]       # [batch, 1, 1, cap + 1]
-        logits, presents = self._forward(weights, tokens[:, None], (pos - start)[:, None], mask, pasts,
-                                         vocab_major)
-        return logits, tf.stack(presents)
+        return self._forward(weights, tokens[:, None], (pos - start)[:, None], mask, pasts)
 
-    def _forward(self, weights, tokens, positions, mask, pasts=None, vocab_major=False):
-        """model.block over tokens [batch, n] at positions [batch, n]; returns (the last position's float32 logits
-        [batch, n_vocab], each layer's present).
-
-        vocab_major (under XLA only): the logits are computed as wte @ last^T (_OutputMajor), the operand
-        order in which XLA's CPU matmul is fastest for a few rows.  It pays when the draw follows in the
-        same computation; returning logits made this way is slower."""
-        p, copies, h = weights['params'], weights['copies'], self.hparams
+    def _forward(self, weights, tokens, positions, mask, pasts=None):
+        """model.block over tokens [batch, n] at positions [batch, n], one block per past (all of them
+        without): returns (x [batch, n, n_embd], each layer's present)."""
+        p, copies = weights['params'], weights['copies']
         if self.output_major and tf.inside_function():
             p = dict(p, **{k: _OutputMajor(w_t) for k, w_t in copies.items() if k != 'model/wte'})
         x = tf.gather(p['model/wte'], tokens) + tf.gather(p['model/wpe'], positions)
         presents = []
-        for layer, past in enumerate(pasts or [None] * h['n_layer']):
-            x, present = model.block(x, p, f'model/h{layer}', h['n_head'], past, mask)
+        for layer, past in enumerate(pasts or [None] * self.hparams['n_layer']):
+            x, present = model.block(x, p, f'model/h{layer}', self.hparams['n_head'], past, mask)
             presents.append(present)
-        last = model.norm(x[:, -1], p['model/ln_f/g'], p['model/ln_f/b'])                # [batch, n_embd]
+        return x, presents
+
+    def _logits(self, weights, x, vocab_major=False):
+        """The float32 logits [batch, n_vocab] of x [batch, n_embd], the blocks' output.
+
+        vocab_major (under XLA only): the logits are computed as wte @ last^T (_OutputMajor), the operand
+        order in which XLA's CPU matmul is fastest for a few rows.  It pays when the draw follows in the
+        same computation; returning logits made this way is slower."""
+        p, copies = weights['params'], weights['copies']
+        last = model.norm(x, p['model/ln_f/g'], p['model/ln_f/b'])                        # [batch, n_embd]
         if vocab_major:
             logits = last @ _OutputMajor(p['model/wte'])   # wte [n_vocab, n_embd] is already output-major
         elif 'model/wte' in copies:
             logits = tf.matmul(last, copies['model/wte'])
         else:
             logits = tf.matmul(last, p['model/wte'], transpose_b=True)
-        return tf.cast(logits, tf.float32), presents
+        return tf.cast(logits, tf.float32)
+
+    def time_step(self, params, rows, draws_in_step, slots=128, rounds=3, calls=3):
+        """Estimated seconds of this form's one-token step for `rows` rows with a cache of `slots`: n_layer
+        times one block's step (cache writes and attention included) plus the final norm, logits and a
+        greedy draw, each timed on layer 0's weights, best of rounds x calls.  Copies made for the trial
+        (layer 0's, wte's) are dropped after it."""
+        params = {k: tf.convert_to_tensor(v) if not isinstance(v, (tf.Tensor, tf.Variable)) else v
+                  for k, v in params.items()}
+        dtype = params['model/wte'].dtype
+        names = [k for k in params if k.startswith('model/h0/') and k.endswith('/w')] if self.transposed else []
+        in_step = draws_in_step and self.xla
+        if not in_step:
+            names.append('model/wte')   # as weights(logits_copy=True)
+        copies = {k: tf.transpose(params[k][0] if params[k].shape.rank == 3 else params[k]) for k in names}
+        weights = {'params': params, 'copies': copies}
+        cache = self._cache(1, rows, slots, dtype)
+        heads, hd = self.hparams['n_head'], self.hparams['n_embd'] // self.hparams['n_head']
+        pending = tf.zeros([1, rows, 2, heads, 1, hd], dtype)
+        tokens, pos, start = tf.zeros([rows], tf.int32), tf.constant(slots // 2), tf.zeros([rows], tf.int32)
+        jit = self.xla or None
+        block = tf.function(lambda: self._step_blocks(weights, cache, pending, tokens, pos, start)[0],
+                            autograph=False, jit_compile=jit)
+        x = block()[:, -1]
+        head = tf.function(lambda: choose(self._logits(weights, x, in_step and self.output_major), None, 0, 0, 1),
+                           autograph=False, jit_compile=jit)
+        best = []
+        for fn in (block, head):
+            fn()   # traced and compiled
+            times = []
+            for _ in range(rounds * calls):
+                t = time.perf_counter()
+                fn().numpy()
+                times.append(time.perf_counter() - t)
+            best.append(min(times))
+        return self.hparams['n_layer'] * best[0] + best[1]
 
     def logits_step(self):
         """The compiled step without the draw: (weights, cache, pending, tokens [batch], pos, start [batch])

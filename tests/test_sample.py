@@ -392,3 +392,94 @@ def test_environment_turns_step_forms_off(tiny, monkeypatch, setting):
     ctx = contexts(h, 2, 5, seed=9)
     out = sample.sample_sequence(hparams=h, params=p, length=10, context=ctx, top_k=1).numpy()
     np.testing.assert_array_equal(out, argmax_loop(h, p, ctx, 10))
+
+
+FORMS = {'graph': {'GPT2_XLA': '0'}, 'xla': {'GPT2_XLA': '1', 'GPT2_TRANSPOSED_COPIES': '0'},
+         'xla+copies': {'GPT2_XLA': '1', 'GPT2_TRANSPOSED_COPIES': '1'}}
+
+
+@pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16])
+def test_every_step_form_gives_the_same_greedy_tokens(tiny, monkeypatch, dtype):
+    """Whichever form the kernel trial picks, the tokens are the same: each form forced in turn."""
+    h, p = tiny
+    p = {k: v if '/ln' in k else tf.cast(v, dtype) for k, v in p.items()}
+    ctx = contexts(h, 3, 6, seed=4)
+    outs = {}
+    for name, settings in FORMS.items():
+        with monkeypatch.context() as m:
+            for k, v in settings.items():
+                m.setenv(k, v)
+            d = sample.fastest_decoder(h, p, 3, top_k=1)
+            assert (d.xla, d.transposed) == {'graph': (False, False), 'xla': (True, False),
+                                             'xla+copies': (True, True)}[name]
+            outs[name] = sample.sample_sequence(hparams=h, params=p, length=20, context=ctx, top_k=1).numpy()
+    if dtype == tf.float32:
+        for name in FORMS:
+            np.testing.assert_array_equal(outs[name], outs['graph'], err_msg=name)
+        np.testing.assert_array_equal(outs['graph'], argmax_loop(h, p, ctx, 20))
+        return
+    # bfloat16 rounds differently in each kernel (XLA fuses in float32, oneDNN rounds after each op), so two
+    # forms may part at a near-tie: equal up to there, and there the two tokens' logits (a full pass in
+    # float32 over the common prefix) lie within 3% of the logits' spread.
+    p32 = {k: tf.cast(v, tf.float32) for k, v in p.items()}
+    parted = 0
+    for name in FORMS:
+        for a, b in zip(outs[name], outs['graph']):
+            differ = np.flatnonzero(a != b)
+            if differ.size:
+                parted += 1
+                logits = full_logits(h, p32, [a[:differ[0]]])[0]
+                assert abs(logits[a[differ[0]]] - logits[b[differ[0]]]) < 0.03 * logits.std(), name
+    assert parted <= 2, outs
+
+
+def test_pick_form_keeps_copies_only_where_they_pay():
+    copies, plain, graph = (True, True), (True, False), (False, False)
+    assert sample.pick_form({copies: 0.90, plain: 1.0, graph: 1.5}) == copies
+    assert sample.pick_form({copies: 0.97, plain: 1.0, graph: 1.5}) == plain   # 3% is not worth the memory
+    assert sample.pick_form({copies: 0.97, plain: 1.2, graph: 1.0}) == graph
+    assert sample.pick_form({copies: 0.97, plain: 1.2, graph: 0.9}) == graph
+    assert sample.pick_form({copies: 0.5}) == copies
+
+
+@pytest.mark.parametrize('winner', [(True, True), (True, False), (False, False)])
+def test_kernel_trial_decides_the_form_and_the_copies(tiny, monkeypatch, winner):
+    """The decoder runs the form the trial timed fastest; the blocks' copies exist only if it uses them."""
+    h, p = tiny
+    own = {k: tf.constant(v.numpy()) for k, v in p.items()}
+    monkeypatch.setenv('GPT2_KERNEL_TRIAL', '1')
+    monkeypatch.setattr(sample, '_trials', {})
+    timed = []
+
+    def time_step(self, params, rows, in_step):
+        timed.append((self.xla, self.transposed, rows))
+        return 1.0 if (self.xla, self.transposed) == winner else 2.0
+    monkeypatch.setattr(sample.Decoder, 'time_step', time_step)
+    ctx = contexts(h, 3, 5, seed=2)
+    out = sample.sample_sequence(hparams=h, params=own, length=8, context=ctx, top_k=1).numpy()
+    np.testing.assert_array_equal(out, argmax_loop(h, own, ctx, 8))
+    assert sorted(timed) == [(False, False, 4), (True, False, 4), (True, True, 4)]   # 3 rows: timed as 4
+    assert sample.step_form(h, own, 4, top_k=1)['form'] == winner
+    sample.sample_sequence(hparams=h, params=own, length=3, context=ctx, top_k=1)
+    assert len(timed) == 3   # remembered for this batch size
+    blocks = [v for k, v in own.items() if k.startswith('model/h') and k.endswith('/w')]
+    assert all((id(w) in sample._copies) == winner[1] for w in blocks)
+
+
+def test_kernel_trial_times_each_form_and_keeps_nothing(tiny, monkeypatch):
+    h, p = tiny
+    own = {k: tf.constant(v.numpy()) for k, v in p.items()}
+    monkeypatch.setenv('GPT2_KERNEL_TRIAL', '1')
+    monkeypatch.setattr(sample, '_trials', {})
+    before = len(sample._copies)
+    result = sample.step_form(h, own, 2, top_k=1)
+    assert set(result['estimates']) == {(True, True), (True, False), (False, False)}
+    assert all(0 < t < 1 for t in result['estimates'].values())
+    assert result['form'] == sample.pick_form(result['estimates'])
+    assert len(sample._copies) == before   # the trial's copies are its own
+    # Small models take the rule without a trial; GPT2_KERNEL_TRIAL=0 always; one allowed form needs none.
+    monkeypatch.delenv('GPT2_KERNEL_TRIAL')
+    assert sample.step_form(h, own, 1, top_k=1) == {'form': None, 'estimates': {}}
+    monkeypatch.setenv('GPT2_KERNEL_TRIAL', '1')
+    monkeypatch.setenv('GPT2_XLA', '0')
+    assert sample.step_form(h, own, 1, top_k=1) == {'form': None, 'estimates': {}}
