@@ -4,55 +4,10 @@ that uses TensorFlow calls import_tensorflow_quietly() before importing model, s
 import inspect
 import math
 import os
-import subprocess
 import sys
 
 import files
-
-# Lines TensorFlow's C++ core writes on every start, healthy or not, before its log level applies.
-TF_NOISE = (
-    r'^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$',
-    r'cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use available CPU instructions',
-    r'^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$',
-    r'oneDNN custom operations are on\. You may see slightly different numerical results',
-    r'cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\.$',
-    r'Unable to register (cuDNN|cuFFT|cuBLAS) factory: Attempting to register factory for plugin',
-    r'computation placer already registered\. Please check linkage',
-    r'TF-TRT Warning: Could not find TensorRT$',
-    r'successful NUMA node read from SysFS had negative value',
-)
-# On a machine without CUDA drivers (the line above), device discovery then also logs this error.
-TF_NO_DRIVER_NOISE = r'failed call to cuInit: '
-
-# The filter process: copies its stdin to its stdout line by line, leaving out the noise.  A process of
-# its own, so that it still passes on every line when TensorFlow kills ours (an abort in C++).
-_FILTER = r'''
-import os, re, sys
-noise = re.compile("|".join(sys.argv[1:-1]).encode())
-no_driver_noise = re.compile(sys.argv[-1].encode())
-no_driver = False
-
-def emit(line):
-    global no_driver
-    text = line.rstrip(b"\r\n")
-    if noise.search(text):
-        no_driver = no_driver or b"Could not find cuda drivers" in text
-    elif not (no_driver and no_driver_noise.search(text)):
-        while line:
-            line = line[os.write(1, line):]
-
-rest = b""
-while True:
-    chunk = os.read(0, 1 << 16)
-    if not chunk:
-        break
-    *lines, rest = (rest + chunk).split(b"\n")
-    for line in lines:
-        emit(line + b"\n")
-if rest:
-    emit(rest)
-'''
-
+import quiet
 
 def import_tensorflow_quietly():
     """Import TensorFlow without the lines its C++ core writes at every start-up (absl and CPU-feature
@@ -62,40 +17,20 @@ def import_tensorflow_quietly():
     Stderr passes through a filter process during the import.  TF_CPP_MIN_LOG_LEVEL defaults to 2, and
     2 or 3 filter too; set it to 0 (or 1) to see everything TensorFlow says.  Call it at the top of a
     script, before importing model, sample, checkpoint, ... (which import TensorFlow themselves).
+    It also turns on the compile cache (files.use_compile_cache), which must precede TensorFlow's start.
     """
+    files.use_compile_cache()
     if 'tensorflow' in sys.modules:
         return
-    if os.environ.get('TF_CPP_MIN_LOG_LEVEL', '').strip() in ('0', '1') or os.name == 'nt':
+    if not quiet.wanted():
         import tensorflow  # noqa: F401  (asked for everything; or Windows, where fd 2 is not redirected)
         return
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:   # no stderr to filter
-        import tensorflow  # noqa: F401
-        return
-    read_end, write_end = os.pipe()
-    try:
-        filter_process = subprocess.Popen([sys.executable, '-I', '-S', '-c', _FILTER, *TF_NOISE, TF_NO_DRIVER_NOISE],
-                                          stdin=read_end, stdout=saved, stderr=saved)
-    except OSError:   # no interpreter to start (an embedded Python): import without the filter
-        filter_process = None
-    os.close(read_end)
-    if filter_process is not None:
-        os.dup2(write_end, 2)
-    os.close(write_end)
-    try:
+    with quiet.stderr_without(quiet.TF_NOISE, quiet.TF_NO_DRIVER_NOISE):
         import tensorflow as tf
         # Device discovery logs too; unlike running an op, it leaves the runtime unconfigured, so
         # tf.distribute and logical devices can still be set up afterwards.
         tf.config.list_physical_devices()
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)   # closes our last copy of the pipe: the filter drains it and ends
-        os.close(saved)
-        if filter_process is not None:
-            filter_process.wait()
 
 
 class UsageError(ValueError):

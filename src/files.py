@@ -166,3 +166,66 @@ else:
 
     def _unlock(f):
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def use_compile_cache():
+    """Let XLA keep the steps it compiles for the CPU on disk, so a later process loads them instead of
+    compiling them again (seconds for each model shape, batch size and cache size; GPU steps are compiled
+    in each process).  Returns the folder, or None.
+
+    The folder is $GPT2_COMPILE_CACHE (0 turns the cache off), else $XDG_CACHE_HOME/gpt-2/xla or
+    ~/.cache/gpt-2/xla, with a subfolder per TensorFlow version and CPU: a step compiled for one CPU's
+    instructions must not run on another's.  It is passed to TensorFlow in TF_XLA_FLAGS, unless those
+    already name a cache, so it takes effect only if called before TensorFlow starts its runtime (its
+    first op or device query), and only where the folder can be written: XLA fails a compile whose
+    result it cannot save.
+    """
+    setting = os.environ.get('GPT2_COMPILE_CACHE', '')
+    flags = os.environ.get('TF_XLA_FLAGS', '')
+    if setting == '0' or 'tf_xla_persistent_cache_directory' in flags:
+        return None
+    version = _tensorflow_version()
+    if version is None:
+        return None
+    base = expand(setting) if setting else os.path.join(
+        expand(os.environ.get('XDG_CACHE_HOME') or '~/.cache'), 'gpt-2', 'xla')
+    import hashlib
+    import platform
+    folder = os.path.join(base, f'tf{version}-{hashlib.sha256(_cpu_identity().encode()).hexdigest()[:12]}'
+                                f'-{platform.machine()}')
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f'.probe.{os.getpid()}')
+        with open(probe, 'w'):
+            pass
+        os.remove(probe)
+    except OSError:
+        return None
+    os.environ['TF_XLA_FLAGS'] = (f'{flags} --tf_xla_persistent_cache_directory={folder} '
+                                  f'--tf_xla_persistent_cache_device_types=CPU').strip()
+    return folder
+
+
+def _tensorflow_version():
+    """The installed TensorFlow's version, without importing it (None if there is none)."""
+    if 'tensorflow' in sys.modules:
+        return getattr(sys.modules['tensorflow'], '__version__', None)
+    from importlib import metadata
+    for name in ('tensorflow', 'tensorflow-cpu', 'tensorflow-intel', 'tensorflow-macos', 'tf-nightly'):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _cpu_identity():
+    """The CPU's model and instruction-set flags (Linux), else what platform knows of it."""
+    import platform
+    try:
+        with open('/proc/cpuinfo') as f:
+            lines = f.read().split('\n\n')[0].splitlines()
+        return '\n'.join(line for line in lines if line.split(':')[0].strip() in
+                         ('vendor_id', 'model name', 'flags', 'Features', 'CPU implementer', 'CPU part'))
+    except OSError:
+        return f'{platform.processor()} {platform.machine()}'

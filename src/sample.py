@@ -12,6 +12,7 @@ the sequence is cut to its last `keep` tokens, which are fed again from position
 
 Reading order: the public functions, then the Decoder (prefill, one-token step, draw), then helpers.
 """
+import contextlib
 import inspect
 import os
 import secrets
@@ -22,7 +23,11 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+import files
 import model
+import quiet
+
+files.use_compile_cache()   # effective if TensorFlow has not started yet: see there
 
 
 class SampleError(ValueError):
@@ -99,13 +104,19 @@ def _stream(hparams, params, rows, length, keep, settings, seed):
             start = tf.constant(window - base, tf.int32)   # each row's first real slot
             capacity = min(n_ctx, _round_up(t - base + length - i, 64))
             logits, pending = decoder.prefill(weights, cache, tf.constant(tokens[:, base:t]), start, capacity)
-            token = first_draw(logits, seeds(i))
+            token, fresh = first_draw(logits, seeds(i)), True
         else:
             if step is None:
-                fast = fastest_decoder(hparams, params, len(rows), *settings)
+                with _compiling():
+                    fast = fastest_decoder(hparams, params, len(rows), *settings)
                 step = fast.stepper(*settings)(fast.weights(params, not fast.draws_in_step(*settings)), cache)
-            token, pending = step(pending, tf.constant(tokens[:, t - 1]), tf.constant(t - 1 - base, tf.int32),
-                                  start, seeds(i))
+            args = (pending, tf.constant(tokens[:, t - 1]), tf.constant(t - 1 - base, tf.int32), start, seeds(i))
+            if fresh and fast.first_call(settings, len(rows), capacity):   # XLA compiles the step, or loads it
+                with _compiling():
+                    token, pending = step(*args)
+            else:
+                token, pending = step(*args)
+            fresh = False
         tokens[:, t] = token = token.numpy()
         yield token
 
@@ -280,6 +291,23 @@ def _is_block_weight(name):
     return name.startswith('model/h') and name.endswith('/w')
 
 
+# A compiled step loaded from the compile cache (files.use_compile_cache) logs this error every time:
+# TensorFlow first tries to read the entry as a text proto, then reads it as the binary it is.
+CACHE_READ_NOISE = r'text_format\.cc:\d+\] Error parsing text-format tensorflow\.XlaSerializedCacheEntry: '
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _compiling():
+    """Around a call that may compile a step (or load it from the compile cache): CACHE_READ_NOISE is kept
+    off stderr; every other line passes (quiet.stderr_without)."""
+    if 'tf_xla_persistent_cache_directory' not in os.environ.get('TF_XLA_FLAGS', '') or not quiet.wanted():
+        yield
+        return
+    with _stderr_lock, quiet.stderr_without([CACHE_READ_NOISE]):
+        yield
+
+
 def _bytes(w):
     return int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size
 
@@ -317,7 +345,16 @@ class Decoder:
             transposed = self.output_major and _copies_allowed()
         self.transposed = transposed
         self._compiled = {}
+        self._shapes = set()   # (settings, batch, cache slots) the compiled steps have been called with
         self._lock = threading.Lock()
+
+    def first_call(self, settings, batch, slots):
+        """Whether the step for these settings meets this batch size and cache size first in this process."""
+        key = (settings, batch, slots)
+        with self._lock:
+            first = key not in self._shapes
+            self._shapes.add(key)
+        return first
 
     def weights(self, params, logits_copy=True, block_copies=True):
         """The weights as the steps take them: {'params': the checkpoint's tensors (or variables, read at

@@ -1,10 +1,15 @@
 """Shared fixtures: tiny random-weight checkpoints written in OpenAI's exact layout."""
+import atexit
 import os
 import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# XLA's compiled steps go to a folder of this run (shared by the scripts the tests start), not ~/.cache.
+os.environ['GPT2_COMPILE_CACHE'] = tempfile.mkdtemp(prefix='gpt2-compile-cache-')
+atexit.register(shutil.rmtree, os.environ['GPT2_COMPILE_CACHE'], True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, 'src')

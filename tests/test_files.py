@@ -72,3 +72,31 @@ def test_model_dir_expands_home_and_variables(tmp_path, monkeypatch):
     (tmp_path / 'models' / '124M').mkdir(parents=True)
     expected = os.path.join(str(tmp_path), 'models', '124M')
     assert files.model_dir('124M', '~/models') == expected == files.model_dir('117M', '$GPT2_TEST_DIR/models')
+
+
+def test_compile_cache_folder_per_tensorflow_and_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv('GPT2_COMPILE_CACHE', str(tmp_path / 'cc'))
+    monkeypatch.setenv('TF_XLA_FLAGS', '--tf_xla_clustering_debug')
+    folder = files.use_compile_cache()
+    assert os.path.isdir(folder) and os.path.dirname(folder) == str(tmp_path / 'cc')
+    assert os.path.basename(folder).startswith('tf' + files._tensorflow_version() + '-')
+    assert os.environ['TF_XLA_FLAGS'].split() == ['--tf_xla_clustering_debug',
+                                                  f'--tf_xla_persistent_cache_directory={folder}',
+                                                  '--tf_xla_persistent_cache_device_types=CPU']
+    assert os.listdir(folder) == []   # the write probe is gone
+    # A cache the user named already stays; 0 turns it off; a folder that cannot be written is not used.
+    assert files.use_compile_cache() is None and os.environ['TF_XLA_FLAGS'].count('persistent_cache_directory') == 1
+    monkeypatch.setenv('TF_XLA_FLAGS', '')
+    monkeypatch.setenv('GPT2_COMPILE_CACHE', '0')
+    assert files.use_compile_cache() is None and os.environ['TF_XLA_FLAGS'] == ''
+    (tmp_path / 'file').write_text('')
+    monkeypatch.setenv('GPT2_COMPILE_CACHE', str(tmp_path / 'file'))
+    assert files.use_compile_cache() is None and os.environ['TF_XLA_FLAGS'] == ''
+    monkeypatch.delenv('GPT2_COMPILE_CACHE')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    assert files.use_compile_cache().startswith(str(tmp_path / 'xdg' / 'gpt-2' / 'xla') + os.sep)
+
+
+def test_cpu_identity_names_the_instruction_sets():
+    identity = files._cpu_identity()
+    assert identity and (not os.path.exists('/proc/cpuinfo') or 'flags' in identity or 'Features' in identity)

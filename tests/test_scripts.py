@@ -341,3 +341,22 @@ def test_help_lists_every_flag_with_its_meaning():
             assert f'--{flag}=' in out, (name, flag)
         for meaning in ('the first occurrence of this text', 'which are fed again', 'nucleus sampling'):
             assert meaning in out, (name, meaning)
+
+
+def test_compiled_steps_are_kept_for_the_next_process(tiny_models_dir, tmp_path):
+    """A second run loads the XLA steps the first compiled (files.use_compile_cache) and samples the same."""
+    env = {k: v for k, v in os.environ.items() if k != 'TF_XLA_FLAGS'}
+    env['GPT2_COMPILE_CACHE'] = str(tmp_path / 'cache')
+    run = lambda: subprocess.run(
+        [sys.executable, os.path.join(SRC, 'generate_unconditional_samples.py'), '--model_name', 'tiny',
+         '--models_dir', tiny_models_dir, '--length', '6', '--seed', '3', '--top_k', '5', '--nsamples', '2'],
+        capture_output=True, text=True, timeout=180, env=env)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    [folder] = os.listdir(tmp_path / 'cache')
+    entries = sorted(os.listdir(tmp_path / 'cache' / folder))
+    assert entries and all(e.endswith('XLA_CPU_JIT.pb') for e in entries), entries
+    second = run()
+    assert second.returncode == 0 and second.stdout == first.stdout
+    assert first.stderr == second.stderr == "", second.stderr   # no error line from reading the cache
+    assert sorted(os.listdir(tmp_path / 'cache' / folder)) == entries   # nothing compiled anew
