@@ -176,16 +176,22 @@ def number(name, value, minimum=None, maximum=None, allow_none=False, inclusive_
     return float(value)
 
 
-PRECISIONS = ('float32', 'bfloat16', 'float16')
+PRECISIONS = ('float32', 'bfloat16', 'float16')   # --precision: the weights' dtype, by its TensorFlow name
+
+
+def precision_name(value, allowed=PRECISIONS):
+    """--precision checked against the names a script allows (a subset of PRECISIONS), or a UsageError.
+    Returns the name, a TensorFlow dtype name (tf.as_dtype converts it)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise UsageError(f'--precision must be one of {", ".join(allowed)}, got {value!r}')
+    return value
 
 
 def precision(value):
     """--precision as a TensorFlow dtype for checkpoint.load, or a UsageError.  float16 needs a GPU: on a
     CPU, TensorFlow computes it through float32 conversions, slower than float32 itself."""
     import tensorflow as tf
-    if value not in PRECISIONS:
-        raise UsageError(f'--precision must be one of {", ".join(PRECISIONS)}, got {value!r}')
-    if value == 'float16' and not tf.config.list_physical_devices('GPU'):
+    if precision_name(value) == 'float16' and not tf.config.list_physical_devices('GPU'):
         raise UsageError('--precision float16 needs a GPU and none is visible; use bfloat16 or float32 on a CPU')
     return tf.as_dtype(value)
 

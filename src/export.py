@@ -30,7 +30,6 @@ import files
 import model
 import sample
 
-PRECISIONS = {'float32': tf.float32, 'bfloat16': tf.bfloat16}
 VOCAB_FILES = ('encoder.json', 'vocab.bpe')
 VENDORED_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vocab')
 
@@ -224,8 +223,7 @@ def export(model_dir, out, precision='float32', version=None, xla=True):
     (docs/export.md says what a server then needs); False: a plain TensorFlow graph.  The vocabulary is
     model_dir's encoder.json and vocab.bpe, or the vendored GPT-2 vocabulary when model_dir has none.
     Nothing is left behind when the export fails."""
-    if precision not in PRECISIONS:
-        raise cli.UsageError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    cli.precision_name(precision, ('float32', 'bfloat16'))   # float16 serves only on GPUs: not offered
     version = cli.integer('version', version, minimum=1, allow_none=True)
     if not isinstance(xla, bool):
         raise cli.UsageError(f'--xla takes no value (--xla or --noxla), got {xla!r}')
@@ -246,7 +244,7 @@ def export(model_dir, out, precision='float32', version=None, xla=True):
         os.makedirs(out, exist_ok=True)
         tmp = os.path.join(out, f'.export-{version}-{os.getpid()}-{secrets.token_hex(4)}')
         os.mkdir(tmp)   # unlike tempfile.mkdtemp's 0700, readable by a server running as another user
-        module = GPT2(hparams, params, vocab_dir, PRECISIONS[precision], xla)
+        module = GPT2(hparams, params, vocab_dir, tf.as_dtype(precision), xla)
         del params   # the variables hold the weights now; a second copy need not stay in memory
         generate = module.generate.get_concrete_function()
         tf.saved_model.save(module, tmp, signatures={

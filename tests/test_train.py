@@ -359,6 +359,8 @@ def test_sample_files_are_written_atomically(tmp_path, monkeypatch):
     ('seed', 'abc', r"--seed must be an integer >= 0, got 'abc'"),
     ('seed', -1, r'--seed must be an integer >= 0, got -1'),
     ('seed', 1.5, r'--seed must be an integer >= 0, got 1.5'),
+    ('precision', 'fp8', r"--precision must be one of float32, bfloat16, float16, got 'fp8'"),
+    ('precision', 16, r'--precision must be one of float32, bfloat16, float16, got 16'),
 ])
 def test_bad_flag_values_are_clear_errors(tmp_path, flag, value, message):
     with pytest.raises(cli.UsageError, match=message):
