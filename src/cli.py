@@ -1,6 +1,7 @@
 """What every command-line script shares: fire for flags, one clear line instead of a traceback, and
 TensorFlow's import without its start-up noise.  Importing cli does not import TensorFlow: each script
 that uses TensorFlow calls import_tensorflow_quietly() before importing model, sample, checkpoint, ..."""
+import functools
 import inspect
 import math
 import os
@@ -143,6 +144,19 @@ def check_flags(fn, argv):
     if positional > takes_positional + flags_with_values and not takes_any:
         raise UsageError(f'too many arguments ({positional} without a --flag); valid flags: '
                          + ' '.join('--' + p for p in flags))
+
+
+def without(fn, *names):
+    """fn as the command line offers it: without the parameters `names` (hooks for Python callers, which
+    no flag can give), so that --help leaves them out and check_flags refuses them in one line."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        return fn(*args, **kwargs)
+    command.__signature__ = signature.replace(parameters=[p for p in signature.parameters.values()
+                                                          if p.name not in names])
+    return command
 
 
 def integer(name, value, minimum=None, allow_none=False):

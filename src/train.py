@@ -789,4 +789,4 @@ def _sample(trainer, hp, enc, run_dir, step, length, num, top_k, seed, writer, b
 
 
 if __name__ == '__main__':
-    cli.run(train)
+    cli.run(cli.without(train, 'on_step'))
