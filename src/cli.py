@@ -1,6 +1,7 @@
 """What every command-line script shares: fire for flags, one clear line instead of a traceback, and
 TensorFlow's import without its start-up noise.  Importing cli does not import TensorFlow: each script
 that uses TensorFlow calls import_tensorflow_quietly() before importing model, sample, checkpoint, ..."""
+import functools
 import inspect
 import math
 import os
@@ -80,6 +81,19 @@ def check_flags(fn, argv):
                          + ' '.join('--' + p for p in flags))
 
 
+def without(fn, *names):
+    """fn as the command line offers it: without the parameters `names` (hooks for Python callers, which
+    no flag can give), so that --help leaves them out and check_flags refuses them in one line."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        return fn(*args, **kwargs)
+    command.__signature__ = signature.replace(parameters=[p for p in signature.parameters.values()
+                                                          if p.name not in names])
+    return command
+
+
 def integer(name, value, minimum=None, allow_none=False):
     """A flag value as int, or a UsageError naming the flag."""
     if value is None and allow_none:
@@ -111,16 +125,22 @@ def number(name, value, minimum=None, maximum=None, allow_none=False, inclusive_
     return float(value)
 
 
-PRECISIONS = ('float32', 'bfloat16', 'float16')
+PRECISIONS = ('float32', 'bfloat16', 'float16')   # --precision: the weights' dtype, by its TensorFlow name
+
+
+def precision_name(value, allowed=PRECISIONS):
+    """--precision checked against the names a script allows (a subset of PRECISIONS), or a UsageError.
+    Returns the name, a TensorFlow dtype name (tf.as_dtype converts it)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise UsageError(f'--precision must be one of {", ".join(allowed)}, got {value!r}')
+    return value
 
 
 def precision(value):
     """--precision as a TensorFlow dtype for checkpoint.load, or a UsageError.  float16 needs a GPU: on a
     CPU, TensorFlow computes it through float32 conversions, slower than float32 itself."""
     import tensorflow as tf
-    if value not in PRECISIONS:
-        raise UsageError(f'--precision must be one of {", ".join(PRECISIONS)}, got {value!r}')
-    if value == 'float16' and not tf.config.list_physical_devices('GPU'):
+    if precision_name(value) == 'float16' and not tf.config.list_physical_devices('GPU'):
         raise UsageError('--precision float16 needs a GPU and none is visible; use bfloat16 or float32 on a CPU')
     return tf.as_dtype(value)
 

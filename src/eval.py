@@ -533,11 +533,12 @@ def write_json(path, result):
 # Command line.
 
 def _load(model_name, models_dir, precision):
+    """(hparams, params, encoder, the model's folder with ~ and $VARS expanded)."""
     dtype = cli.precision(precision)
     model_dir = checkpoint.model_path(model_name, models_dir)
     hparams, params = checkpoint.load(model_dir, dtype=dtype)
     enc = encoder.get_encoder(os.path.basename(model_dir), os.path.dirname(model_dir))
-    return hparams, params, enc
+    return hparams, params, enc, model_dir
 
 
 def _data_path(data):
@@ -577,10 +578,10 @@ def perplexity_command(data=None, model_name='124M', models_dir='models', format
     path = _data_path(data)
     json_out = None if json_out is None else check_json_out(json_out)
     documents = read_documents(path, format, str(field), invalid_utf8)
-    hparams, params, enc = _load(model_name, models_dir, precision)
+    hparams, params, enc, model_dir = _load(model_name, models_dir, precision)
     result = perplexity(hparams, params, enc, documents, detokenizer, context, stride, batch_size, bos,
                         count_line_ends, progress)
-    _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name)), precision=precision, format=format), json_out)
+    _report(result, dict(data=path, model=model_dir, precision=precision, format=format), json_out)
 
 
 def lambada_command(data=None, model_name='124M', models_dir='models', format='auto', field='text',
@@ -609,9 +610,9 @@ def lambada_command(data=None, model_name='124M', models_dir='models', format='a
     path = _data_path(data)
     json_out = None if json_out is None else check_json_out(json_out)
     passages = read_documents(path, format, str(field), invalid_utf8, auto='lines')
-    hparams, params, enc = _load(model_name, models_dir, precision)
+    hparams, params, enc, model_dir = _load(model_name, models_dir, precision)
     result = lambada(hparams, params, enc, passages, detokenizer, context, batch_size, bos, progress)
-    _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name)), precision=precision, format=format), json_out)
+    _report(result, dict(data=path, model=model_dir, precision=precision, format=format), json_out)
 
 
 def cbt_command(data=None, model_name='124M', models_dir='models', detokenizer='none', context=None,
@@ -636,9 +637,9 @@ def cbt_command(data=None, model_name='124M', models_dir='models', detokenizer='
     path = _data_path(data)
     json_out = None if json_out is None else check_json_out(json_out)
     examples = read_cbt(path)
-    hparams, params, enc = _load(model_name, models_dir, precision)
+    hparams, params, enc, model_dir = _load(model_name, models_dir, precision)
     result = cbt(hparams, params, enc, examples, detokenizer, context, batch_size, bos, progress)
-    _report(result, dict(data=path, model=os.path.join(str(models_dir), str(model_name)), precision=precision), json_out)
+    _report(result, dict(data=path, model=model_dir, precision=precision), json_out)
 
 
 def _report(result, where, json_out):

@@ -30,7 +30,6 @@ import files
 import model
 import sample
 
-PRECISIONS = {'float32': tf.float32, 'bfloat16': tf.bfloat16}
 VOCAB_FILES = ('encoder.json', 'vocab.bpe')
 VENDORED_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vocab')
 
@@ -103,11 +102,12 @@ def put(buffer, value, index, axis, xla):
 class GPT2(tf.Module):
     """The weights as variables and the two serving functions."""
 
-    def __init__(self, hparams, params, vocab_dir, dtype=tf.float32, xla=True):
+    def __init__(self, hparams, params, vocab_dir, xla=True):
         super().__init__(name='gpt2')
         self.hparams = dict(hparams)
         # Variables, not constants: a graph holding the weights would exceed protobuf's 2 GB for 774M and up.
-        self.weights = {name: tf.Variable(tf.cast(value, dtype), trainable=False, name=name.replace('/', '.'))
+        # Each keeps the dtype checkpoint.load gave it (LayerNorm's float32 beside bfloat16 matmul weights).
+        self.weights = {name: tf.Variable(value, trainable=False, name=name.replace('/', '.'))
                         for name, value in params.items()}
         self.vocabulary = {f: tf.saved_model.Asset(os.path.join(vocab_dir, f)) for f in VOCAB_FILES}
         self.xla = xla
@@ -224,12 +224,13 @@ def export(model_dir, out, precision='float32', version=None, xla=True):
     (docs/export.md says what a server then needs); False: a plain TensorFlow graph.  The vocabulary is
     model_dir's encoder.json and vocab.bpe, or the vendored GPT-2 vocabulary when model_dir has none.
     Nothing is left behind when the export fails."""
-    if precision not in PRECISIONS:
-        raise cli.UsageError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    cli.precision_name(precision, ('float32', 'bfloat16'))   # float16 serves only on GPUs: not offered
     version = cli.integer('version', version, minimum=1, allow_none=True)
     if not isinstance(xla, bool):
         raise cli.UsageError(f'--xla takes no value (--xla or --noxla), got {xla!r}')
-    hparams, params = checkpoint.load(model_dir)
+    # The sampler's precision policy: matmul weights in `precision`, cast group by group as they are read
+    # (a lower peak than casting a float32 copy), LayerNorm's gains and biases float32.
+    hparams, params = checkpoint.load(model_dir, dtype=tf.as_dtype(precision))
     vocab_dir = model_dir if all(os.path.isfile(os.path.join(model_dir, f)) for f in VOCAB_FILES) else VENDORED_VOCAB
     out = files.expand(out)
     version = version or next_version(out)
@@ -246,7 +247,7 @@ def export(model_dir, out, precision='float32', version=None, xla=True):
         os.makedirs(out, exist_ok=True)
         tmp = os.path.join(out, f'.export-{version}-{os.getpid()}-{secrets.token_hex(4)}')
         os.mkdir(tmp)   # unlike tempfile.mkdtemp's 0700, readable by a server running as another user
-        module = GPT2(hparams, params, vocab_dir, PRECISIONS[precision], xla)
+        module = GPT2(hparams, params, vocab_dir, xla)
         del params   # the variables hold the weights now; a second copy need not stay in memory
         generate = module.generate.get_concrete_function()
         tf.saved_model.save(module, tmp, signatures={

@@ -47,7 +47,6 @@ import encoder as encoder_lib
 import files
 import model
 
-PRECISIONS = {'float32': tf.float32, 'bfloat16': tf.bfloat16, 'float16': tf.float16}
 STRATEGIES = ('auto', 'default', 'mirrored', 'multiworker')
 EOT_AS_TEXT = [27, 91, 437, 1659, 5239, 91, 29]   # '<|endoftext|>' spelled as 7 ordinary tokens
 LOCK = '.train.lock'   # in the run folder, held while a run writes it
@@ -226,7 +225,7 @@ class Trainer:
                  beta1=0.9, beta2=0.999, epsilon=1e-8, precision='float32', recompute=False,
                  freeze_embeddings=False, xla=False, seed=0):
         self.strategy, self.hparams = strategy, hparams
-        self.dtype = PRECISIONS[precision]
+        self.dtype = tf.as_dtype(cli.precision_name(precision))
         self.recompute, self.xla = recompute, xla
         self.lr, self.warmup, self.clip = float(learning_rate), int(warmup_steps), float(grad_clip)
         self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
@@ -605,8 +604,7 @@ def check_flags(**flags):
         value = getattr(f, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise TrainError(f'--{name} must be an integer >= 0 (0 turns it off), got {value!r}')
-    if f.precision not in PRECISIONS:
-        raise TrainError(f'--precision must be one of {", ".join(PRECISIONS)}, got {f.precision!r}')
+    cli.precision_name(f.precision)   # float16 too, also without a GPU: it computes, slowly
     f.val_fraction = cli.number('val_fraction', f.val_fraction, 0, 1, inclusive_max=False)
     f.learning_rate = cli.number('learning_rate', f.learning_rate, 0, inclusive_min=False)
     f.grad_clip = cli.number('grad_clip', f.grad_clip, 0)
@@ -791,4 +789,4 @@ def _sample(trainer, hp, enc, run_dir, step, length, num, top_k, seed, writer, b
 
 
 if __name__ == '__main__':
-    cli.run(train)
+    cli.run(cli.without(train, 'on_step'))

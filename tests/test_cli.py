@@ -108,7 +108,9 @@ def test_eval_expands_paths_and_draws_its_bar_only_on_a_terminal(tiny_models_dir
         eval_lib.perplexity_command(data='~/text.txt', model_name='tiny', models_dir='$GPT2_TEST_MODELS',
                                     json_out='~/result.json', progress=True)
         assert ('tok/s' in stream.getvalue()) == drawn, stream.getvalue()
-        assert json.loads((tmp_path / 'result.json').read_text())['tokens'] > 0
+        saved = json.loads((tmp_path / 'result.json').read_text())
+        assert saved['tokens'] > 0 and saved['settings']['model'] == os.path.join(tiny_models_dir, 'tiny')
         (tmp_path / 'result.json').unlink()
     out = capsys.readouterr().out
     assert out.count('perplexity per token') == 2 and f'data={tmp_path / "text.txt"},' in out
+    assert out.count(f'model={os.path.join(tiny_models_dir, "tiny")},') == 2 and '$GPT2_TEST_MODELS' not in out, out

@@ -1,4 +1,5 @@
 """train.py: learning, checkpoints in OpenAI's layout, resuming, data parallelism, memory options, errors."""
+import inspect
 import io
 import json
 import os
@@ -359,6 +360,8 @@ def test_sample_files_are_written_atomically(tmp_path, monkeypatch):
     ('seed', 'abc', r"--seed must be an integer >= 0, got 'abc'"),
     ('seed', -1, r'--seed must be an integer >= 0, got -1'),
     ('seed', 1.5, r'--seed must be an integer >= 0, got 1.5'),
+    ('precision', 'fp8', r"--precision must be one of float32, bfloat16, float16, got 'fp8'"),
+    ('precision', 16, r'--precision must be one of float32, bfloat16, float16, got 16'),
 ])
 def test_bad_flag_values_are_clear_errors(tmp_path, flag, value, message):
     with pytest.raises(cli.UsageError, match=message):
@@ -440,12 +443,22 @@ def test_cli_error_is_one_line(tmp_path, tiny_models_dir):
                           ([fox, '--fresh', '--learning_rate', 'abc'], "error: --learning_rate must be a number > 0, got 'abc'"),
                           ([fox, '--fresh', '--seed', '-1'], 'error: --seed must be an integer >= 0, got -1'),
                           ([str(tmp_path / 'none.txt'), '--fresh'], f'error: {tmp_path / "none.txt"} does not exist'),
-                          ([fox, '--batch_sise', '2'], 'error: unknown flag --batch_sise')]:
+                          ([fox, '--batch_sise', '2'], 'error: unknown flag --batch_sise'),
+                          ([fox, '--fresh', '--on_step', 'print'], 'error: unknown flag --on_step')]:
         args = [sys.executable, train_py, '--checkpoint_dir', str(tmp_path / 'ck'), '--dataset'] + args
         proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env=USER_ENV)
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines()[-1:] == [proc.stderr.strip()] and message in proc.stderr, proc.stderr
     assert not (tmp_path / 'ck').exists()
+
+
+def test_help_lists_the_flags_but_not_the_python_only_hook():
+    proc = subprocess.run([sys.executable, os.path.join(SRC, 'train.py'), '--help'], capture_output=True, text=True,
+                          timeout=120, env=USER_ENV)
+    out = proc.stdout + proc.stderr   # fire writes help to stdout or stderr
+    flags = [name for name in inspect.signature(train.train).parameters if name != 'on_step']
+    assert len(flags) > 30 and all(f'--{name}=' in out for name in flags), out
+    assert 'on_step' not in out and 'Python callers' not in out, out
 
 
 def test_cli_ctrl_c_saves_the_step_reached(tmp_path):
