@@ -16,7 +16,12 @@ checkpoint.load(dtype=...); the peer: model.to(torch.bfloat16)).  Reported per b
   of floor     decode tok/s as a fraction of the matmul floor's tokens per second: the step's matmuls
                alone (bench_kernels.floor: best of a plain graph and XLA, both weight layouts), timed in
                a child process of its own for each batch size and precision
+  cold total s seconds from process start to the last token of the first call: what a one-off run
+               costs, compile included (XLA's compiled steps are kept in a compile cache that the
+               run's processes share, files.use_compile_cache, so only the first process compiles)
   peak GiB     the child process's peak resident memory (VmHWM)
+  form         the step's form that ran: the kernel trial's choice (sample.fastest_decoder), or one
+               forced with --ours (graph, xla, xla+copies: GPT2_XLA / GPT2_TRANSPOSED_COPIES)
 """
 import argparse
 import json
@@ -80,6 +85,8 @@ def run_ours(folder, batch, prompt, new, top_k, threads, started, precision):
                                         top_k=top_k, seed=0):
             stamps.append(time.time())
         result[call] = (t0, stamps)
+    d = sample.fastest_decoder(hparams, params, batch, top_k=top_k)
+    result['form'] = 'xla' * d.xla + '+copies' * d.transposed if d.xla else 'graph'
     return result
 
 
@@ -148,7 +155,7 @@ def child(args):
                             args.precision)
         print(json.dumps({'floor_s': seconds}))
         return
-    fn = run_ours if args.child == 'ours' else run_peer
+    fn = run_ours if args.child.startswith('ours') else run_peer
     result = fn(args.folder, args.batch, args.prompt, args.new, args.top_k, args.threads, args.started,
                 args.precision)
     (t0c, cold), (t0, warm) = result['cold'], result['warm']
@@ -157,8 +164,15 @@ def child(args):
         'first_token_s': cold[0] - args.started,
         'tok_s': args.batch * args.new / (warm[-1] - t0),
         'decode_tok_s': args.batch * (args.new - 1) / (warm[-1] - warm[0]),
+        'cold_total_s': cold[-1] - args.started,
         'peak_gib': peak_rss() / 2**30,
+        'form': result.get('form', ''),
     }))
+
+
+FORMS = {'': {}, 'trial': {}, 'graph': {'GPT2_XLA': '0'},
+         'xla': {'GPT2_XLA': '1', 'GPT2_TRANSPOSED_COPIES': '0'},
+         'xla+copies': {'GPT2_XLA': '1', 'GPT2_TRANSPOSED_COPIES': '1'}}
 
 
 def measure(who, folder, batch, precision, args):
@@ -166,7 +180,8 @@ def measure(who, folder, batch, precision, args):
            '--precision', precision,
            '--prompt', str(args.prompt), '--new', str(args.new), '--top_k', str(args.top_k),
            '--threads', str(args.threads), '--started', repr(time.time())]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', GPT2_COMPILE_CACHE=os.path.join(folder, 'compile-cache'),
+               **FORMS[who.partition(':')[2]])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         sys.exit(f'{who} failed:\n{out.stderr[-3000:]}')
@@ -183,6 +198,8 @@ def main():
     ap.add_argument('--threads', type=int, default=os.cpu_count(), help='threads for both sides')
     ap.add_argument('--precision', default='float32,bfloat16',
                     help='comma-separated weight precisions (float32, bfloat16), each for both sides')
+    ap.add_argument('--ours', default='trial',
+                    help='comma-separated forms of our step: trial (the kernel trial chooses), graph, xla, xla+copies')
     ap.add_argument('--json', help='also write the results here')
     ap.add_argument('--child', help=argparse.SUPPRESS)
     ap.add_argument('--folder', help=argparse.SUPPRESS)
@@ -191,6 +208,9 @@ def main():
     args = ap.parse_args()
     if args.child:
         return child(args)
+    forms = args.ours.split(',')
+    if not forms or any(f not in FORMS or not f for f in forms):
+        sys.exit(f'--ours: a comma-separated list of trial, graph, xla, xla+copies; got {args.ours!r}')
     precisions = args.precision.split(',')
     if not precisions or any(p not in ('float32', 'bfloat16') for p in precisions):
         sys.exit(f'--precision: a comma-separated list of float32 and bfloat16, got {args.precision!r}')
@@ -204,31 +224,35 @@ def main():
             sys.exit(f'preparing the weights failed:\n{prep.stderr[-3000:]}')
         rows = []
         for batch in [int(b) for b in args.batch_sizes.split(',')]:
-            runs = {(who, p): [] for p in precisions for who in ('ours', 'peer')}
+            runs = {(who, p): [] for p in precisions for who in [f'ours:{f}' for f in forms] + ['peer']}
             for _ in range(args.repeats):
                 for who, p in runs:
                     runs[who, p].append(measure(who, folder, batch, p, args))
-            med = {key: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for key, rs in runs.items()}
+            med = {key: {k: statistics.median(r[k] for r in rs) if k != 'form' else '/'.join(sorted({r[k] for r in rs}))
+                         for k in rs[0]} for key, rs in runs.items()}
             floors = {p: measure('floor', folder, batch, p, args)['floor_s'] for p in precisions}
             rows.append((batch, med, floors))
 
     print(f'CPU: {bench_kernels.cpu_model()}')
     print(f'GPT-2 124M shape, {args.threads} threads, prompt {args.prompt}, {args.new} new tokens, '
           f'top_k {args.top_k}, median of {args.repeats} processes each')
-    print(f'{"batch":>5} {"":>6} {"precision":>9} {"first token s":>14} {"tok/s":>8} {"decode tok/s":>13} '
-          f'{"of floor":>9} {"peak GiB":>9}')
+    print(f'{"batch":>5} {"":>16} {"precision":>9} {"first token s":>14} {"tok/s":>8} {"decode tok/s":>13} '
+          f'{"of floor":>9} {"cold total s":>13} {"peak GiB":>9}  form')
     for batch, med, floors in rows:
-        print(f'{batch:>5} {"floor":>6} ' + ', '.join(f'{p} {s * 1e3:.1f} ms/step = {batch / s:.1f} tok/s'
+        print(f'{batch:>5} {"floor":>16} ' + ', '.join(f'{p} {s * 1e3:.1f} ms/step = {batch / s:.1f} tok/s'
                                                       for p, s in floors.items()))
         for (who, p), m in med.items():
-            print(f'{batch:>5} {who:>6} {p:>9} {m["first_token_s"]:>14.2f} {m["tok_s"]:>8.1f} '
-                  f'{m["decode_tok_s"]:>13.1f} {m["decode_tok_s"] * floors[p] / batch:>8.0%} {m["peak_gib"]:>9.2f}')
+            print(f'{batch:>5} {who:>16} {p:>9} {m["first_token_s"]:>14.2f} {m["tok_s"]:>8.1f} '
+                  f'{m["decode_tok_s"]:>13.1f} {m["decode_tok_s"] * floors[p] / batch:>8.0%} '
+                  f'{m["cold_total_s"]:>13.1f} {m["peak_gib"]:>9.2f}  {m["form"]}')
         base = med['peer', precisions[0]]
-        for p in precisions:
-            o = med['ours', p]
-            print(f'{batch:>5} {"ratio":>6} {p:>9} {o["first_token_s"] / base["first_token_s"]:>13.2f}x '
-                  f'{o["tok_s"] / base["tok_s"]:>7.2f}x {o["decode_tok_s"] / base["decode_tok_s"]:>12.2f}x '
-                  f'(ours in {p} / peer in {precisions[0]})')
+        for f in forms:
+            for p in precisions:
+                o = med[f'ours:{f}', p]
+                print(f'{batch:>5} {"ratio " + f:>16} {p:>9} {o["first_token_s"] / base["first_token_s"]:>13.2f}x '
+                      f'{o["tok_s"] / base["tok_s"]:>7.2f}x {o["decode_tok_s"] / base["decode_tok_s"]:>12.2f}x '
+                      f'{"":>9} {o["cold_total_s"] / base["cold_total_s"]:>12.2f}x {o["peak_gib"] / base["peak_gib"]:>8.2f}x'
+                      f'  (ours in {p} / peer in {precisions[0]})')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump([{'batch': b, 'floor_s': fl, **{f'{w}_{p}': m for (w, p), m in med.items()}}
