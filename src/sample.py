@@ -221,7 +221,6 @@ def decoder_for(hparams, dtype=tf.float32, xla=None, transposed=None):
 # --- the kernel trial: which form of the step is fastest on this machine ---------------------------------
 
 TRIAL_MIN_BYTES = 32 * 2**20   # blocks' weights below this take the rule: there the forms differ by microseconds
-COPIES_MARGIN = 0.05           # transposed copies (the blocks' size again) are kept only if they save more than this
 
 _trials = {}   # (shape, precision, candidates, rows, draw in step) -> (form, estimates), measured once per process
 _trials_lock = threading.Lock()
@@ -255,35 +254,27 @@ def step_form(hparams, params, batch_size, temperature=1, top_k=0, top_p=1):
         if key not in _trials:
             estimates = {form: decoder_for(hparams, dtype, *form).time_step(params, rows, in_step)
                          for form in candidates}
-            _trials[key] = (pick_form(estimates), estimates)
+            _trials[key] = (min(estimates, key=estimates.get), estimates)
         form, estimates = _trials[key]
     return {'form': form, 'estimates': dict(estimates)}
 
 
-def pick_form(estimates, margin=COPIES_MARGIN):
-    """The fastest of {(xla, transposed): seconds per step}, except that a form with transposed copies must
-    beat the fastest one without by more than `margin`: the copies cost the blocks' memory again."""
-    best = min(estimates, key=estimates.get)
-    without = [form for form in estimates if not form[1]]
-    if best[1] and without:
-        plain = min(without, key=estimates.get)
-        if estimates[best] > (1 - margin) * estimates[plain]:
-            return plain
-    return best
-
-
 def _candidate_forms(params, block_bytes):
-    """The (xla, transposed) forms of the step worth timing here, as GPT2_XLA and GPT2_TRANSPOSED_COPIES allow."""
+    """The (xla, transposed) forms of the step worth timing here, as GPT2_XLA and GPT2_TRANSPOSED_COPIES
+    allow: the plain graph, and XLA with the blocks' transposed copies where they can be made (frozen
+    weights, twice their size free), else without.  Under XLA the copies were faster wherever measured
+    (on both CPU families, at batch 1 and 8, by 6-35%), by less than a short trial can tell apart from
+    noise at batch 1, so they are not timed against XLA without them."""
     if tf.config.list_logical_devices('GPU'):
         return []   # measured on CPUs only; GPUs take the rule
     xla, copies = _setting('GPT2_XLA'), _setting('GPT2_TRANSPOSED_COPIES')
     frozen = not any(isinstance(v, tf.Variable) for v in params.values())
+    fit = frozen and copies is not False and 2 * block_bytes < _free_memory()
     forms = []
-    for x in (True, False):
-        for c in ((True, False) if x else (False,)):
-            if (xla in (None, x) and copies in (None, c) and (xla_available() or not x)
-                    and (not c or (frozen and 2 * block_bytes < _free_memory()))):
-                forms.append((x, c))
+    if xla is not False and xla_available() and copies in (None, fit):
+        forms.append((True, fit))
+    if xla is not True and not copies:
+        forms.append((False, False))
     return forms
 
 
@@ -463,6 +454,7 @@ class Decoder:
         params = {k: tf.convert_to_tensor(v) if not isinstance(v, (tf.Tensor, tf.Variable)) else v
                   for k, v in params.items()}
         dtype = params['model/wte'].dtype
+        slots = min(slots, self.hparams['n_ctx'])
         names = [k for k in params if k.startswith('model/h0/') and k.endswith('/w')] if self.transposed else []
         in_step = draws_in_step and self.xla
         if not in_step:
