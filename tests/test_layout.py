@@ -3,6 +3,8 @@ import ast
 import os
 import re
 
+import pytest
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 PROJECT_MODULES = {os.path.splitext(f)[0] for f in os.listdir(os.path.join(ROOT, 'src')) if f.endswith('.py')}
 
@@ -23,8 +25,10 @@ def test_model_py_imports_nothing_from_the_project():
     assert imported_modules(os.path.join(ROOT, 'src', 'model.py')) <= {'os', 'numpy', 'tensorflow'}
 
 
-def test_files_py_needs_no_tensorflow():
-    assert 'tensorflow' not in imported_modules(os.path.join(ROOT, 'src', 'files.py'))
+@pytest.mark.parametrize('name', ['files.py', 'quiet.py'])
+def test_helpers_need_no_tensorflow(name):
+    """They run before TensorFlow starts (the compile cache's flags, the stderr filter around its import)."""
+    assert 'tensorflow' not in imported_modules(os.path.join(ROOT, 'src', name))
 
 
 def test_readme_links_every_docs_page_and_every_link_resolves():
