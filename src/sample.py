@@ -221,6 +221,7 @@ def decoder_for(hparams, dtype=tf.float32, xla=None, transposed=None):
 # --- the kernel trial: which form of the step is fastest on this machine ---------------------------------
 
 TRIAL_MIN_BYTES = 32 * 2**20   # blocks' weights below this take the rule: there the forms differ by microseconds
+TRIAL_BYTES = 256 * 2**20      # the trial runs a block on this much of the weights: more than a CPU's cache holds
 
 _trials = {}   # (shape, precision, candidates, rows, draw in step) -> (form, estimates), measured once per process
 _trials_lock = threading.Lock()
@@ -446,41 +447,49 @@ class Decoder:
             logits = tf.matmul(last, p['model/wte'], transpose_b=True)
         return tf.cast(logits, tf.float32)
 
-    def time_step(self, params, rows, draws_in_step, slots=128, rounds=3, calls=3):
+    def time_step(self, params, rows, draws_in_step, slots=128, rounds=3):
         """Estimated seconds of this form's one-token step for `rows` rows with a cache of `slots`: n_layer
         times one block's step (cache writes and attention included) plus the final norm, logits and a
-        greedy draw, each timed on layer 0's weights, best of rounds x calls.  Copies made for the trial
-        (layer 0's, wte's) are dropped after it."""
-        params = {k: tf.convert_to_tensor(v) if not isinstance(v, (tf.Tensor, tf.Variable)) else v
-                  for k, v in params.items()}
-        dtype = params['model/wte'].dtype
-        slots = min(slots, self.hparams['n_ctx'])
-        names = [k for k in params if k.startswith('model/h0/') and k.endswith('/w')] if self.transposed else []
+        greedy draw.  The block is compiled once and run on several layers' weights in turn, TRIAL_BYTES
+        of them or all, so that they stream from memory as in the real step rather than sit in the CPU's
+        cache; best of `rounds`.  The copies made for the trial (those layers', wte's) are dropped after it."""
+        p = {k: tf.convert_to_tensor(v) if not isinstance(v, (tf.Tensor, tf.Variable)) else v
+             for k, v in params.items()}
+        dtype, h = p['model/wte'].dtype, self.hparams
+        slots = min(slots, h['n_ctx'])
+        layer_bytes = sum(_bytes(v) for k, v in p.items() if k.startswith('model/h0/'))
+        layers = min(h['n_layer'], max(2, -(-TRIAL_BYTES // layer_bytes)))
         in_step = draws_in_step and self.xla
-        if not in_step:
-            names.append('model/wte')   # as weights(logits_copy=True)
-        copies = {k: tf.transpose(params[k][0] if params[k].shape.rank == 3 else params[k]) for k in names}
-        weights = {'params': params, 'copies': copies}
+        transpose = lambda w: tf.transpose(w[0] if w.shape.rank == 3 else w)
+        head_weights = {'params': p, 'copies': {} if in_step else {'model/wte': transpose(p['model/wte'])}}
+
+        def layer(i):   # layer i's weights under layer 0's names, which the compiled block reads
+            own = {'model/h0/' + k[len(f'model/h{i}/'):]: v for k, v in p.items() if k.startswith(f'model/h{i}/')}
+            copies = {k: transpose(v) for k, v in own.items() if k.endswith('/w')} if self.transposed else {}
+            return {'params': dict(own, **{k: p[k] for k in ('model/wte', 'model/wpe')}), 'copies': copies}
+        weights = [layer(i) for i in range(layers)]
         cache = self._cache(1, rows, slots, dtype)
-        heads, hd = self.hparams['n_head'], self.hparams['n_embd'] // self.hparams['n_head']
+        heads, hd = h['n_head'], h['n_embd'] // h['n_head']
         pending = tf.zeros([1, rows, 2, heads, 1, hd], dtype)
         tokens, pos, start = tf.zeros([rows], tf.int32), tf.constant(slots // 2), tf.zeros([rows], tf.int32)
         jit = self.xla or None
-        block = tf.function(lambda: self._step_blocks(weights, cache, pending, tokens, pos, start)[0],
+        block = tf.function(lambda w: self._step_blocks(w, cache, pending, tokens, pos, start)[0],
                             autograph=False, jit_compile=jit)
-        x = block()[:, -1]
-        head = tf.function(lambda: choose(self._logits(weights, x, in_step and self.output_major), None, 0, 0, 1),
+        x = block(weights[0])[:, -1]   # traced and compiled
+        head = tf.function(lambda: choose(self._logits(head_weights, x, in_step and self.output_major), None, 0, 0, 1),
                            autograph=False, jit_compile=jit)
-        best = []
-        for fn in (block, head):
-            fn()   # traced and compiled
-            times = []
-            for _ in range(rounds * calls):
-                t = time.perf_counter()
-                fn().numpy()
-                times.append(time.perf_counter() - t)
-            best.append(min(times))
-        return self.hparams['n_layer'] * best[0] + best[1]
+        head().numpy()
+        blocks_s, head_s = float('inf'), float('inf')
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for w in weights:
+                y = block(w)
+            y.numpy()
+            blocks_s = min(blocks_s, (time.perf_counter() - t) / layers)
+            t = time.perf_counter()
+            head().numpy()
+            head_s = min(head_s, time.perf_counter() - t)
+        return h['n_layer'] * blocks_s + head_s
 
     def logits_step(self):
         """The compiled step without the draw: (weights, cache, pending, tokens [batch], pos, start [batch])
