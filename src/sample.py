@@ -244,18 +244,21 @@ def step_form(hparams, params, batch_size, temperature=1, top_k=0, top_p=1):
     of each candidate form timed}, see fastest_decoder."""
     dtype = tf.as_dtype(getattr(params['model/wte'], 'dtype', tf.float32))
     block_bytes = sum(_bytes(v) for k, v in params.items() if _is_block_weight(k))
-    candidates = _candidate_forms(params, block_bytes)
     trial = os.environ.get('GPT2_KERNEL_TRIAL', '')
-    if len(candidates) < 2 or trial == '0' or (trial != '1' and block_bytes < TRIAL_MIN_BYTES):
+    if trial == '0' or (trial != '1' and block_bytes < TRIAL_MIN_BYTES):
         return {'form': None, 'estimates': {}}
     rows = 1 << (int(batch_size) - 1).bit_length()
     in_step = temperature == 0 or top_k > 0
-    key = (tuple(sorted(hparams.items())), dtype, tuple(candidates), rows, in_step)
+    frozen = not any(isinstance(v, tf.Variable) for v in params.values())
+    # Free memory is looked at once, by the first trial: after it, the copies themselves take it up.
+    key = (tuple(sorted(hparams.items())), dtype, rows, in_step, frozen, _setting('GPT2_XLA'),
+           _setting('GPT2_TRANSPOSED_COPIES'))
     with _trials_lock:   # one trial at a time: two at once would time each other
         if key not in _trials:
+            candidates = _candidate_forms(params, block_bytes)
             estimates = {form: decoder_for(hparams, dtype, *form).time_step(params, rows, in_step)
-                         for form in candidates}
-            _trials[key] = (min(estimates, key=estimates.get), estimates)
+                         for form in candidates} if len(candidates) > 1 else {}
+            _trials[key] = (min(estimates, key=estimates.get) if estimates else None, estimates)
         form, estimates = _trials[key]
     return {'form': form, 'estimates': dict(estimates)}
 
