@@ -70,6 +70,8 @@ def prepare(folder, seed):
 
 
 def run_ours(folder, batch, prompt, new, top_k, threads, started, precision):
+    import files
+    files.use_compile_cache()   # as the sampling scripts do: before TensorFlow starts
     import numpy as np
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -10,7 +10,7 @@ import sys
 import files
 import quiet
 
-def import_tensorflow_quietly():
+def import_tensorflow_quietly(compile_cache=False):
     """Import TensorFlow without the lines its C++ core writes at every start-up (absl and CPU-feature
     notices, 'Could not find cuda drivers' on machines without a GPU), which TF_CPP_MIN_LOG_LEVEL does
     not silence; every other line it writes is shown, also when it then kills the process.
@@ -18,9 +18,11 @@ def import_tensorflow_quietly():
     Stderr passes through a filter process during the import.  TF_CPP_MIN_LOG_LEVEL defaults to 2, and
     2 or 3 filter too; set it to 0 (or 1) to see everything TensorFlow says.  Call it at the top of a
     script, before importing model, sample, checkpoint, ... (which import TensorFlow themselves).
-    It also turns on the compile cache (files.use_compile_cache), which must precede TensorFlow's start.
+    compile_cache=True also turns on the compile cache (files.use_compile_cache), which must precede
+    TensorFlow's start; the sampling scripts do, whose steps (sample.py) keep its read noise off stderr.
     """
-    files.use_compile_cache()
+    if compile_cache:
+        files.use_compile_cache()
     if 'tensorflow' in sys.modules:
         return
     if not quiet.wanted():

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print unconditional GPT-2 samples: text that starts from <|endoftext|>, with no prompt."""
 import cli
-cli.import_tensorflow_quietly()   # before model, sample, ...: TensorFlow without its start-up noise
+cli.import_tensorflow_quietly(compile_cache=True)   # before model, sample, ...: see there
 import sample
 import sampling
 

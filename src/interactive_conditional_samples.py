@@ -3,7 +3,7 @@
 import sys
 
 import cli
-cli.import_tensorflow_quietly()   # before model, sample, ...: TensorFlow without its start-up noise
+cli.import_tensorflow_quietly(compile_cache=True)   # before model, sample, ...: see there
 import sample
 import sampling
 

@@ -23,11 +23,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-import files
 import model
 import quiet
-
-files.use_compile_cache()   # effective if TensorFlow has not started yet: see there
 
 
 class SampleError(ValueError):
