@@ -104,8 +104,7 @@ def _stream(hparams, params, rows, length, keep, settings, seed):
             token, fresh = first_draw(logits, seeds(i)), True
         else:
             if step is None:
-                with _compiling():
-                    fast = fastest_decoder(hparams, params, len(rows), *settings)
+                fast = fastest_decoder(hparams, params, len(rows), *settings)
                 step = fast.stepper(*settings)(fast.weights(params, not fast.draws_in_step(*settings)), cache)
             args = (pending, tf.constant(tokens[:, t - 1]), tf.constant(t - 1 - base, tf.int32), start, seeds(i))
             if fresh and fast.first_call(settings, len(rows), capacity):   # XLA compiles the step, or loads it
@@ -253,8 +252,9 @@ def step_form(hparams, params, batch_size, temperature=1, top_k=0, top_p=1):
     with _trials_lock:   # one trial at a time: two at once would time each other
         if key not in _trials:
             candidates = _candidate_forms(params, block_bytes)
-            estimates = {form: decoder_for(hparams, dtype, *form).time_step(params, rows, in_step)
-                         for form in candidates} if len(candidates) > 1 else {}
+            with _compiling():
+                estimates = {form: decoder_for(hparams, dtype, *form).time_step(params, rows, in_step)
+                             for form in candidates} if len(candidates) > 1 else {}
             _trials[key] = (min(estimates, key=estimates.get) if estimates else None, estimates)
         form, estimates = _trials[key]
     return {'form': form, 'estimates': dict(estimates)}
