@@ -1,9 +1,10 @@
 """Sampling from GPT-2: a cached decoder that streams tokens, with top-k and nucleus truncation.
 
 Every call owns its key/value cache: one buffer per layer, written in place, one slot per new token.
-What is expensive is shared by all calls on the same model shape: the compiled one-token step (with XLA
-where available, the greedy or top-k draw included), and, for each set of frozen weights, the transposed
-copies of them that the step multiplies with; those copies go when the weights go.
+What is expensive is shared by all calls on the same model shape: the compiled one-token step (in the
+form, XLA or a plain graph, that a short timed trial found fastest on this machine; the greedy or top-k
+draw included), and, for each set of frozen weights, the transposed copies of them that the XLA step
+multiplies with; those copies go when the weights go.
 
 Prompts of different lengths are left-padded to the longest: the padding is masked out of attention, and
 each row's position ids start at 0 at its first real token.  Past the context window, the rule is: each
@@ -219,7 +220,7 @@ def decoder_for(hparams, dtype=tf.float32, xla=None, transposed=None):
 TRIAL_MIN_BYTES = 32 * 2**20   # blocks' weights below this take the rule: there the forms differ by microseconds
 TRIAL_BYTES = 256 * 2**20      # the trial runs a block on this much of the weights: more than a CPU's cache holds
 
-_trials = {}   # (shape, precision, candidates, rows, draw in step) -> (form, estimates), measured once per process
+_trials = {}   # (shape, precision, rows, draw in step, frozen, overrides) -> (form, estimates), once per process
 _trials_lock = threading.Lock()
 
 
