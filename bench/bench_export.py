@@ -23,11 +23,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
 def main():
+    import bench_sampling
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--batch_sizes', default='1,8', help='comma-separated batch sizes')
-    ap.add_argument('--prompt', type=int, default=32, help='prompt tokens')
-    ap.add_argument('--new', type=int, default=128, help='new tokens per row')
-    ap.add_argument('--top_k', type=int, default=40)
+    bench_sampling.add_workload_flags(ap)
     ap.add_argument('--repeats', type=int, default=3, help='timed calls of each side per batch size')
     ap.add_argument('--precision', default='float32', help='precision of the export')
     ap.add_argument('--exports', default='xla,noxla', help='comma-separated export forms to time: xla, noxla')

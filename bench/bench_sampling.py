@@ -172,6 +172,14 @@ def child(args):
     }))
 
 
+def add_workload_flags(ap):
+    """The sampling workload every sampling benchmark runs: batch sizes, prompt, new tokens, top_k."""
+    ap.add_argument('--batch_sizes', default='1,8', help='comma-separated batch sizes')
+    ap.add_argument('--prompt', type=int, default=32, help='prompt tokens')
+    ap.add_argument('--new', type=int, default=128, help='new tokens per row')
+    ap.add_argument('--top_k', type=int, default=40)
+
+
 FORMS = {'': {}, 'trial': {}, 'graph': {'GPT2_XLA': '0'},
          'xla': {'GPT2_XLA': '1', 'GPT2_TRANSPOSED_COPIES': '0'},
          'xla+copies': {'GPT2_XLA': '1', 'GPT2_TRANSPOSED_COPIES': '1'}}
@@ -192,10 +200,7 @@ def measure(who, folder, batch, precision, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--batch_sizes', default='1,8', help='comma-separated batch sizes')
-    ap.add_argument('--prompt', type=int, default=32, help='prompt tokens')
-    ap.add_argument('--new', type=int, default=128, help='new tokens per row')
-    ap.add_argument('--top_k', type=int, default=40)
+    add_workload_flags(ap)
     ap.add_argument('--repeats', type=int, default=5, help='child processes per (side, batch size); median kept')
     ap.add_argument('--threads', type=int, default=os.cpu_count(), help='threads for both sides')
     ap.add_argument('--precision', default='float32,bfloat16',

@@ -108,10 +108,7 @@ def _stream(hparams, params, rows, length, keep, settings, seed):
                 fast = fastest_decoder(hparams, params, len(rows), *settings)
                 step = fast.stepper(*settings)(fast.weights(params, not fast.draws_in_step(*settings)), cache)
             args = (pending, tf.constant(tokens[:, t - 1]), tf.constant(t - 1 - base, tf.int32), start, seeds(i))
-            if fresh and fast.first_call(settings, len(rows), capacity):   # XLA compiles the step, or loads it
-                with _compiling():
-                    token, pending = step(*args)
-            else:
+            with _compiling() if fresh else contextlib.nullcontext():   # a new cache shape: XLA compiles or loads
                 token, pending = step(*args)
             fresh = False
         tokens[:, t] = token = token.numpy()
@@ -252,7 +249,7 @@ def step_form(hparams, params, batch_size, temperature=1, top_k=0, top_p=1):
            _setting('GPT2_TRANSPOSED_COPIES'))
     with _trials_lock:   # one trial at a time: two at once would time each other
         if key not in _trials:
-            candidates = _candidate_forms(params, block_bytes)
+            candidates = _candidate_forms(block_bytes, frozen)
             with _compiling():
                 estimates = {form: decoder_for(hparams, dtype, *form).time_step(params, rows, in_step)
                              for form in candidates} if len(candidates) > 1 else {}
@@ -261,7 +258,7 @@ def step_form(hparams, params, batch_size, temperature=1, top_k=0, top_p=1):
     return {'form': form, 'estimates': dict(estimates)}
 
 
-def _candidate_forms(params, block_bytes):
+def _candidate_forms(block_bytes, frozen):
     """The (xla, transposed) forms of the step worth timing here, as GPT2_XLA and GPT2_TRANSPOSED_COPIES
     allow: the plain graph, and XLA with the blocks' transposed copies where they can be made (frozen
     weights, twice their size free), else without.  Under XLA the copies were faster wherever measured
@@ -270,7 +267,6 @@ def _candidate_forms(params, block_bytes):
     if tf.config.list_logical_devices('GPU'):
         return []   # measured on CPUs only; GPUs take the rule
     xla, copies = _setting('GPT2_XLA'), _setting('GPT2_TRANSPOSED_COPIES')
-    frozen = not any(isinstance(v, tf.Variable) for v in params.values())
     fit = frozen and copies is not False and 2 * block_bytes < _free_memory()
     forms = []
     if xla is not False and xla_available() and copies in (None, fit):
@@ -299,6 +295,11 @@ def _compiling():
         return
     with _stderr_lock, quiet.stderr_without([CACHE_READ_NOISE]):
         yield
+
+
+def _tensors(params):
+    """The weights as tensors (variables stay variables, to be read at every step)."""
+    return {k: v if isinstance(v, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(v) for k, v in params.items()}
 
 
 def _bytes(w):
@@ -335,19 +336,10 @@ class Decoder:
         # The output-major forms (_OutputMajor) were measured faster under XLA on CPU only; GPUs keep the plain form.
         self.output_major = self.xla and cpu
         if transposed is None:
-            transposed = self.output_major and _copies_allowed()
+            transposed = self.output_major and _setting('GPT2_TRANSPOSED_COPIES') is not False
         self.transposed = transposed
         self._compiled = {}
-        self._shapes = set()   # (settings, batch, cache slots) the compiled steps have been called with
         self._lock = threading.Lock()
-
-    def first_call(self, settings, batch, slots):
-        """Whether the step for these settings meets this batch size and cache size first in this process."""
-        key = (settings, batch, slots)
-        with self._lock:
-            first = key not in self._shapes
-            self._shapes.add(key)
-        return first
 
     def weights(self, params, logits_copy=True, block_copies=True):
         """The weights as the steps take them: {'params': the checkpoint's tensors (or variables, read at
@@ -355,8 +347,7 @@ class Decoder:
         and dropped when it is (see _transposed_copies).  logits_copy=False leaves out wte's [n_embd, n_vocab]
         copy, which only steps that hand their logits on use (see draws_in_step); block_copies=False the
         blocks' copies, which only the compiled step uses."""
-        params = {k: v if isinstance(v, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(v)
-                  for k, v in params.items()}
+        params = _tensors(params)
         if any(isinstance(w, tf.Variable) for w in params.values()):
             return {'params': params, 'copies': {}}
         names = ['model/wte'] if logits_copy else []
@@ -454,8 +445,7 @@ class Decoder:
         greedy draw.  The block is compiled once and run on several layers' weights in turn, TRIAL_BYTES
         of them or all, so that they stream from memory as in the real step rather than sit in the CPU's
         cache; best of `rounds`.  The copies made for the trial (those layers', wte's) are dropped after it."""
-        p = {k: tf.convert_to_tensor(v) if not isinstance(v, (tf.Tensor, tf.Variable)) else v
-             for k, v in params.items()}
+        p = _tensors(params)
         dtype, h = p['model/wte'].dtype, self.hparams
         slots = min(slots, h['n_ctx'])
         layer_bytes = sum(_bytes(v) for k, v in p.items() if k.startswith('model/h0/'))
@@ -696,10 +686,6 @@ def xla_available():
     except ImportError:
         return False
     return True
-
-
-def _copies_allowed():
-    return os.environ.get('GPT2_TRANSPOSED_COPIES', '1') != '0'
 
 
 def _write(cache, new, pos, xla):

@@ -32,6 +32,19 @@ def write_model(models_dir, name='tiny', hparams=None, seed=0, vocab=True):
     return path
 
 
+def sharpened_params(hparams, seed=3):
+    """Random weights whose matmuls are sharpened (wider spread), so greedy decoding has clear winners."""
+    import numpy as np
+    import tensorflow as tf
+    import checkpoint
+    p = checkpoint.init_params(hparams, seed=seed)
+    rng = np.random.default_rng(0)
+    p = {k: tf.constant(v.numpy() + (rng.normal(0, 0.3, v.shape).astype(np.float32) if k.endswith('/w') else 0))
+         for k, v in p.items()}
+    p['model/wte'] = tf.constant(rng.normal(0, 0.5, p['model/wte'].shape).astype(np.float32))
+    return p
+
+
 @pytest.fixture(scope='session')
 def tiny_models_dir(tmp_path_factory):
     """A models folder holding one tiny model named 'tiny' (read-only for tests)."""

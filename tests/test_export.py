@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SRC, VOCAB
+from conftest import SRC, VOCAB, sharpened_params
 
 import checkpoint
 import cli
@@ -25,11 +25,7 @@ HPARAMS = dict(n_vocab=211, n_ctx=48, n_embd=32, n_head=4, n_layer=2)
 def tiny(tmp_path_factory):
     """A small model folder with sharpened random weights (clear argmax winners) and a vocabulary."""
     h = model.default_hparams().override_from_dict(dict(HPARAMS))
-    p = checkpoint.init_params(h, seed=3)
-    rng = np.random.default_rng(0)
-    p = {k: tf.constant(v.numpy() + (rng.normal(0, 0.3, v.shape).astype(np.float32) if k.endswith('/w') else 0))
-         for k, v in p.items()}
-    p['model/wte'] = tf.constant(rng.normal(0, 0.5, p['model/wte'].shape).astype(np.float32))
+    p = sharpened_params(h)
     models = tmp_path_factory.mktemp('models')
     model_dir = models / 'tiny'
     checkpoint.save(str(model_dir), h, p)

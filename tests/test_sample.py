@@ -11,17 +11,14 @@ import model
 
 import checkpoint
 import sample
+from conftest import sharpened_params
 
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     """A checkpoint written by checkpoint.save and read back by checkpoint.load, with sharpened weights."""
     h = model.default_hparams().override_from_dict(dict(n_vocab=211, n_ctx=48, n_embd=32, n_head=4, n_layer=2))
-    p = checkpoint.init_params(h, seed=3)
-    rng = np.random.default_rng(0)
-    p = {k: tf.constant(v.numpy() + (rng.normal(0, 0.3, v.shape).astype(np.float32) if k.endswith('/w') else 0))
-         for k, v in p.items()}
-    p['model/wte'] = tf.constant(rng.normal(0, 0.5, p['model/wte'].shape).astype(np.float32))
+    p = sharpened_params(h)
     d = tmp_path_factory.mktemp('m')
     checkpoint.save(str(d), h, p)
     return checkpoint.load(str(d))
