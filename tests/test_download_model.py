@@ -911,12 +911,18 @@ def test_retry_after_as_an_http_date(server, tmp_path, monkeypatch):
 # --- one writer at a time ------------------------------------------------------------
 
 
-def test_two_downloads_started_together_fetch_each_file_once(server, tmp_path):
+def test_two_overlapping_downloads_fetch_each_file_once(server, tmp_path):
     server.plan[DATA] = [{"delay": 0.1}]  # about two seconds for the data file
     env = {k: v for k, v in os.environ.items() if k != dm.BASE_URL_ENV}
     env["NO_PROXY"] = "127.0.0.1,localhost"
     args = [sys.executable, str(SCRIPT), "124M", "--models_dir", str(tmp_path / "models"), "--base_url", server.url]
-    procs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    # The second starts once the first is writing the data file (~2 s left), however slowly either starts.
+    procs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)]
+    part = tmp_path / "models/124M" / (DATA + ".part")
+    deadline = time.monotonic() + 30
+    while not part.exists() and time.monotonic() < deadline and procs[0].poll() is None:
+        time.sleep(0.01)
+    procs.append(subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env))
     errs = [p.communicate(timeout=60)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     waited = [e for e in errs if "is being written by process" in e]
