@@ -1,6 +1,7 @@
 """What the scripts share about files, without importing TensorFlow: model names and folders, user
 paths, atomic writes, locks."""
 import os
+import re
 import socket
 import sys
 import time
@@ -201,9 +202,67 @@ def use_compile_cache():
         os.remove(probe)
     except OSError:
         return None
+    remove_unfit_entries(folder)
     os.environ['TF_XLA_FLAGS'] = (f'{flags} --tf_xla_persistent_cache_directory={folder} '
                                   f'--tf_xla_persistent_cache_device_types=CPU').strip()
     return folder
+
+
+# The instruction sets XLA's CPU code generator emits, by LLVM's name, with their /proc/cpuinfo name.
+CPU_EXTENSIONS = {
+    **{name: name for name in (
+        'sse', 'sse2', 'ssse3', 'sse4a', 'avx', 'avx2', 'fma', 'fma4', 'f16c', 'xop', 'bmi2', 'popcnt', 'aes',
+        'vpclmulqdq', 'gfni', 'vaes', 'avx512f', 'avx512cd', 'avx512dq', 'avx512bw', 'avx512vl', 'avx512ifma',
+        'avx512vbmi')},
+    'sse3': 'pni', 'sse4.1': 'sse4_1', 'sse4.2': 'sse4_2', 'bmi': 'bmi1', 'lzcnt': 'abm', 'pclmul': 'pclmulqdq',
+    'avx512vbmi2': 'avx512_vbmi2', 'avx512vp2intersect': 'avx512_vp2intersect', 'avx512vnni': 'avx512_vnni', 'avx512bitalg': 'avx512_bitalg', 'avx512vpopcntdq': 'avx512_vpopcntdq',
+    'avx512bf16': 'avx512_bf16', 'avx512fp16': 'avx512_fp16', 'avxvnni': 'avx_vnni', 'avxifma': 'avx_ifma',
+    'avxvnniint8': 'avx_vnni_int8', 'avxneconvert': 'avx_ne_convert', 'amx-tile': 'amx_tile',
+    'amx-bf16': 'amx_bf16', 'amx-int8': 'amx_int8', 'amx-fp16': 'amx_fp16', 'amx-complex': 'amx_complex',
+}
+_FEATURE_LIST = re.compile(rb'(?<![\w.+-])[+-][a-z0-9][\w.-]*(?:,[+-][a-z0-9][\w.-]*){4,}')
+
+
+def missing_extensions(entry, cpu_flags):
+    """The instruction sets (CPU_EXTENSIONS) that the compiled step in the file `entry` was built for and
+    that a CPU with these /proc/cpuinfo flags lacks: an XLA cache entry records its target's features as
+    LLVM names them, '+avx512f,-amx-fp16,...'."""
+    with open(entry, 'rb') as f:
+        wanted = {feature[1:] for match in _FEATURE_LIST.findall(f.read())
+                  for feature in match.decode().split(',') if feature[0] == '+'}
+    return sorted(name for name in wanted & CPU_EXTENSIONS.keys() if CPU_EXTENSIONS[name] not in cpu_flags)
+
+
+def remove_unfit_entries(folder, cpu_flags=None):
+    """Delete the compile cache's entries built for an instruction set this CPU lacks, so that XLA compiles
+    those steps again rather than load code that would stop the process (SIGILL).  The folder is already
+    one per CPU model and flags; this guards against entries copied in from elsewhere.  cpu_flags: this
+    CPU's /proc/cpuinfo flags (read by default).  Returns the names removed."""
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    if not flags:
+        return []
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        try:
+            if name.endswith('.pb') and missing_extensions(path, flags):
+                os.remove(path)
+                removed.append(name)
+        except OSError:   # removed or being replaced by another process
+            continue
+    return removed
+
+
+def _cpu_flags():
+    """This CPU's instruction-set flags from /proc/cpuinfo (x86 Linux), else an empty set."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _tensorflow_version():

@@ -20,6 +20,18 @@ TF_NOISE = (
 # On a machine without CUDA drivers (the line above), device discovery then also logs this error.
 TF_NO_DRIVER_NOISE = r'failed call to cuInit: '
 
+# Loading a step from the compile cache (files.use_compile_cache) logs these errors, on a healthy entry:
+# - TensorFlow first tries to read the entry as a text proto, then reads it as the binary it is;
+# - XLA's AOT loader compares the entry's target features with the host's and flags the tuning attributes
+#   that LLVM adds for some CPUs (+prefer-no-gather, +prefer-no-scatter on Zen 4/5 and Sapphire Rapids), which
+#   no host lists; newer XLA skips the prefer- and fast- prefixes itself.  A line flagging an instruction
+#   set passes: files.use_compile_cache removes such entries before TensorFlow can load one.
+COMPILE_CACHE_NOISE = (
+    r'text_format\.cc:\d+\] Error parsing text-format tensorflow\.XlaSerializedCacheEntry: ',
+    r'cpu_aot_loader\.cc:\d+\] Loading XLA:CPU AOT result\. Target machine feature '
+    r'\+(prefer|fast|slow|tuning)-[\w.-]+ is not +supported on the host machine\.',
+)
+
 # The filter process: copies its stdin to its stdout line by line, leaving out the noise.  A process of
 # its own, so that it still passes on every line when TensorFlow kills ours (an abort in C++).
 _FILTER = r'''

@@ -280,20 +280,17 @@ def _is_block_weight(name):
     return name.startswith('model/h') and name.endswith('/w')
 
 
-# A compiled step loaded from the compile cache (files.use_compile_cache) logs this error every time:
-# TensorFlow first tries to read the entry as a text proto, then reads it as the binary it is.
-CACHE_READ_NOISE = r'text_format\.cc:\d+\] Error parsing text-format tensorflow\.XlaSerializedCacheEntry: '
 _stderr_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def _compiling():
-    """Around a call that may compile a step (or load it from the compile cache): CACHE_READ_NOISE is kept
-    off stderr; every other line passes (quiet.stderr_without)."""
+    """Around a call that may compile a step (or load it from the compile cache): the cache's read noise
+    (quiet.COMPILE_CACHE_NOISE) is kept off stderr; every other line passes (quiet.stderr_without)."""
     if 'tf_xla_persistent_cache_directory' not in os.environ.get('TF_XLA_FLAGS', '') or not quiet.wanted():
         yield
         return
-    with _stderr_lock, quiet.stderr_without([CACHE_READ_NOISE]):
+    with _stderr_lock, quiet.stderr_without(quiet.COMPILE_CACHE_NOISE):
         yield
 
 

@@ -100,3 +100,80 @@ def test_compile_cache_folder_per_tensorflow_and_cpu(tmp_path, monkeypatch):
 def test_cpu_identity_names_the_instruction_sets():
     identity = files._cpu_identity()
     assert identity and (not os.path.exists('/proc/cpuinfo') or 'flags' in identity or 'Features' in identity)
+
+
+RECORDED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'xla-aot-loader-warning-intel.txt')
+
+
+def recorded_aot_lines():
+    """Two of the lines XLA's AOT loader printed on an Intel Xeon (Sapphire Rapids) loading a healthy entry."""
+    with open(RECORDED, encoding='utf-8') as f:
+        lines = [line for line in f.read().splitlines() if line]
+    assert len(lines) == 2 and all('cpu_aot_loader.cc' in line for line in lines)
+    return lines
+
+
+def compile_features(line):
+    return line.split('Compile machine features: [', 1)[1].split(']', 1)[0]
+
+
+def fake_entry(path, features):
+    """A compile cache entry as XLA writes it, as far as remove_unfit_entries reads it: binary, with the
+    target's feature list somewhere inside."""
+    path.write_bytes(os.urandom(2000) + b'\x12\x05znver\x1a' + features.encode() + b'\x22\x00' + os.urandom(500))
+
+
+def test_remove_unfit_entries_keeps_what_this_cpu_runs(tmp_path):
+    """An entry built for an instruction set the CPU lacks is removed (XLA then compiles the step again);
+    the recorded Intel entry's own CPU keeps it, whatever tuning attributes (+prefer-no-gather) it lists."""
+    features = compile_features(recorded_aot_lines()[0])
+    assert '+prefer-no-gather' in features and '+amx-bf16' in features
+    intel = {files.CPU_EXTENSIONS.get(f[1:], f[1:]) for f in features.split(',') if f[0] == '+'}
+    intel = {f for f in intel if not f.startswith('prefer-')}   # /proc/cpuinfo lists no tuning attributes
+    for name in ('a.pb', 'b.pb'):
+        fake_entry(tmp_path / name, features)
+    (tmp_path / 'c.pb').write_bytes(os.urandom(3000))   # no feature list: nothing to judge
+    assert files.missing_extensions(tmp_path / 'a.pb', intel) == []
+    assert files.remove_unfit_entries(str(tmp_path), intel) == []
+    no_amx = intel - {'amx_bf16', 'amx_tile', 'amx_int8', 'avx512_fp16'}
+    assert files.missing_extensions(tmp_path / 'a.pb', no_amx) == ['amx-bf16', 'amx-int8', 'amx-tile', 'avx512fp16']
+    assert files.remove_unfit_entries(str(tmp_path), no_amx) == ['a.pb', 'b.pb']
+    assert os.listdir(tmp_path) == ['c.pb']
+
+
+def test_use_compile_cache_removes_unfit_entries(tmp_path, monkeypatch):
+    flags = files._cpu_flags()
+    lacking = [name for name, flag in files.CPU_EXTENSIONS.items() if flag not in flags]
+    if not flags or not lacking:
+        pytest.skip('needs a CPU whose /proc/cpuinfo lacks one of files.CPU_EXTENSIONS')
+    monkeypatch.setenv('GPT2_COMPILE_CACHE', str(tmp_path / 'cc'))
+    monkeypatch.delenv('TF_XLA_FLAGS', raising=False)
+    folder = files.use_compile_cache()
+    fake_entry(tmp_path / 'cc' / os.path.basename(folder) / 'unfit.pb', f'+sse,+sse2,+{lacking[0]},-cx8,-sgx')
+    fake_entry(tmp_path / 'cc' / os.path.basename(folder) / 'fit.pb', '+sse,+sse2,+prefer-no-gather,-cx8,-sgx')
+    monkeypatch.delenv('TF_XLA_FLAGS')
+    assert files.use_compile_cache() == folder
+    assert os.listdir(folder) == ['fit.pb']
+
+
+FILTER_SCRIPT = '''
+import os, sys
+import quiet
+with quiet.stderr_without(quiet.COMPILE_CACHE_NOISE):
+    for line in sys.argv[1:]:
+        os.write(2, line.encode() + b"\\n")
+'''
+
+
+def test_compile_cache_noise_hides_the_recorded_tuning_lines_and_nothing_else():
+    """The recorded lines (tuning attributes only) are hidden; the same line flagging an instruction set,
+    and any other error line, pass."""
+    recorded = recorded_aot_lines()
+    isa = recorded[0].replace('feature +prefer-no-scatter is', 'feature +amx-fp16 is')
+    assert isa != recorded[0]
+    other = 'E0000 00:00:1.0   10 some_other.cc:12] Something else went wrong'
+    run = subprocess.run([sys.executable, '-c', FILTER_SCRIPT, *recorded, isa, other], cwd=SRC,
+                         capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=SRC, TF_CPP_MIN_LOG_LEVEL='2'))
+    assert run.returncode == 0
+    assert run.stderr.splitlines() == [isa, other]
