@@ -4,21 +4,16 @@
     python bench/bench_kernels.py                     # fp32 and bf16, batch 1 and 8
     python bench/bench_kernels.py --dtypes float32 --batch_sizes 1
 
-One decode step is what the sampler computes per new token after the prompt, built here from
-sample.Decoder's own step: the 12 blocks (model.block) on one position per row, each writing the
-previous token's key and value into a [batch, heads, capacity, head_dim] cache and attending to the
-cache and the new token, the final norm, the logits and a greedy draw.  The forms differ in
-  compiler  xla: tf.function(jit_compile=True);  graph: a plain tf.function (TensorFlow's own
-            kernels, oneDNN on x86)
-  layout    stored: the blocks' matmuls read the checkpoint's [1, nx, nf] tensors (sliced to
-            [nx, nf] inside the step by model.conv1d's w[0]);  views: 2-D [nx, nf] views of them made
-            once, eagerly (a reshape shares the buffer: no memory);  copies: transposed [nf, nx] copies
-            (under XLA as w^T @ x^T behind a barrier, sample._OutputMajor; in a graph as
-            tf.matmul(x, w^T, transpose_b=True)), which cost the blocks' size again
-  dtype     the weights' (and the cache's) precision; norms, softmax and logits stay float32
-The logits use, as sample.Decoder does: under XLA wte itself as the output-major left operand; in a
-graph a transposed [n_embd, n_vocab] copy of wte (a copy of wte's size).  A second table times the
-logits layer alone in each layout.
+One decode step is what the sampler computes per new token after the prompt: sample.Steps' own step
+(decode.step over model.model: each layer writes the previous token's keys and values into its buffer
+and attends to the buffer and the new token; the final norm, the logits and a greedy draw).  The forms
+are the sampler's:
+  graph       a plain tf.function (TensorFlow's own kernels, oneDNN on x86); the logits on a transposed
+              [n_embd, n_vocab] copy of wte
+  xla         tf.function(jit_compile=True) on the checkpoint's tensors; the logits as wte @ h^T
+  xla+copies  XLA with the blocks' matmuls on transposed [nf, nx] copies as w^T @ x^T behind a barrier
+              (speed.layout_matmul), which cost the blocks' size again
+A second table times the logits layer alone in each layout.
 
 The floor is the step's matmuls alone (48 block matmuls chained, then the logits), the best of
 graph and XLA and of the three layouts: what no form of the step can beat on this machine.
@@ -59,12 +54,13 @@ def weights(hparams, dtype, seed=0):
     import numpy as np
     import tensorflow as tf
     import checkpoint
+    import model
     rng = np.random.default_rng(seed)
     out = {}
     for name, shape in checkpoint.param_shapes(hparams).items():
         value = (np.ones(shape, np.float32) if name.endswith('/g') else
                  rng.standard_normal(shape, np.float32) * 0.02)
-        out[name] = tf.cast(value, tf.float32 if '/ln_' in name else dtype)
+        out[name] = tf.cast(value, tf.float32 if model.stays_float32(name) else dtype)
     return out
 
 
@@ -85,6 +81,21 @@ class _View:
         return self.w
 
 
+class _OutputMajor:
+    """A weight w [nx, nf] held as w_t = w^T [nf, nx], for `x @ w[0]` under XLA: w_t @ x^T behind a barrier
+    (speed.layout_matmul's output-major form)."""
+
+    def __init__(self, w_t):
+        self.w_t = w_t
+
+    def __getitem__(self, index):
+        return self
+
+    def __rmatmul__(self, x):
+        import speed
+        return speed.layout_matmul(None, output_major={'w': self.w_t})(x, {}, 'w')
+
+
 class _TransposedB:
     """A weight w [nx, nf] held as a copy w_t = w^T [nf, nx], for model.conv1d's `x @ w[0]` in a plain graph:
     tf.matmul(x, w_t, transpose_b=True)."""
@@ -102,7 +113,7 @@ class _TransposedB:
 
 def blocks_in_layout(params, xla, layout):
     """(params with the blocks' weights in layout, extra bytes): 'stored' as they are, 'views' as 2-D
-    [nx, nf] reshapes (no copy), 'copies' as transposed [nf, nx] copies (sample._OutputMajor under XLA,
+    [nx, nf] reshapes (no copy), 'copies' as transposed [nf, nx] copies (_OutputMajor under XLA,
     _TransposedB in a graph); each is what model.conv1d's `x @ w[0]` takes."""
     import tensorflow as tf
     import sample
@@ -113,45 +124,37 @@ def blocks_in_layout(params, xla, layout):
             p[k] = _View(tf.reshape(w, w.shape[1:]))
         elif layout == 'copies':
             w_t = tf.transpose(w[0])
-            p[k] = sample._OutputMajor(w_t) if xla else _TransposedB(w_t)
+            p[k] = _OutputMajor(w_t) if xla else _TransposedB(w_t)
             extra += w.shape.num_elements() * w.dtype.size
     return p, extra
 
 
-def step_function(hparams, params, batch, capacity, xla, layout):
-    """(step, args, extra bytes): step(*args) -> (greedy tokens [batch], pending), one decode step in this form at
-    slot args' pos: sample.Decoder's own step (cache writes, model.block over the past and the new token,
-    logits) on the blocks' weights in layout, then the greedy draw, as Decoder.stepper compiles it."""
+FORMS = {'graph': (False, False), 'xla': (True, False), 'xla+copies': (True, True)}   # sample.Steps' (xla, copies)
+
+
+def step_function(hparams, params, batch, capacity, form):
+    """(step, extra bytes, buffers): step(*args) -> (greedy tokens [batch], pending), the sampler's own
+    one-token step (sample.Steps: decode.step over model.model, then the greedy draw) in this form, on
+    buffers of `capacity` slots; extra: the bytes of the weight copies the form multiplies with."""
     import tensorflow as tf
     import sample
     dtype = params['model/wte'].dtype
-    decoder = sample.Decoder(hparams, xla=xla, transposed=False, dtype=dtype)
-    p, extra = blocks_in_layout(params, xla, layout)
-    copies = {} if xla else {'model/wte': tf.transpose(params['model/wte'])}   # the logits' layout, see above
-    extra += sum(c.shape.num_elements() * dtype.size for c in copies.values())
-    weights = {'params': p, 'copies': copies}
-    heads, hd, layers = hparams['n_head'], hparams['n_embd'] // hparams['n_head'], hparams['n_layer']
-    cache = decoder.new_cache(dtype)
-    for k, v in cache:
-        k.assign(tf.zeros([batch, heads, capacity, hd], dtype))
-        v.assign(tf.zeros([batch, heads, capacity, hd], dtype))
-
-    def step(pending, tokens, pos, start):
-        # vocab_major under XLA: the logits as wte @ h^T, as Decoder.stepper does on CPU.
-        logits, pending = decoder._step(weights, cache, pending, tokens, pos, start, vocab_major=xla)
-        return sample.choose(logits, None, 0, 0, 1), pending
-
-    fn = tf.function(step, autograph=False, jit_compile=xla or None,
-                     input_signature=[tf.TensorSpec([layers, batch, 2, heads, 1, hd], dtype),
-                                      tf.TensorSpec([batch], tf.int32), tf.TensorSpec([], tf.int32),
-                                      tf.TensorSpec([batch], tf.int32)])
-    return fn, extra, cache
+    steps = sample.steps_for(hparams, dtype)
+    settings = (0.0, 0, 1.0)   # greedy
+    weights = steps.prepare(params, form, settings)
+    extra = sum(w.shape.num_elements() * w.dtype.size for group in ('plain', 'output_major')
+                for k, w in weights[group].items() if w is not params[k])
+    buffers = steps.new_buffers()
+    heads, hd = hparams['n_head'], hparams['n_embd'] // hparams['n_head']
+    for b in buffers:
+        b.assign(tf.zeros([batch, 2, heads, capacity, hd], dtype))
+    return steps._bind(weights, buffers, settings, form), extra, buffers
 
 
 def matmul_chain(hparams, params, rows, xla, layout):
     """The step's matmuls alone: per block c_attn, c_proj, c_fc, mlp c_proj chained, then the logits."""
     import tensorflow as tf
-    import sample
+    import speed
     p, _ = blocks_in_layout(params, xla, layout)
     wte_t = None if xla else tf.transpose(params['model/wte'])
     e = hparams['n_embd']
@@ -159,8 +162,7 @@ def matmul_chain(hparams, params, rows, xla, layout):
     def mm(x, w):
         y = x @ w[0]   # as model.conv1d
         if xla:   # behind a barrier: an add or slice that XLA fuses into a matmul makes it several times slower
-            from tensorflow.compiler.tf2xla.python import xla as xla_ops
-            y = xla_ops.optimization_barrier(y)[0]
+            y = speed._barrier(y)
         return y
 
     def first_columns(y):
@@ -173,7 +175,7 @@ def matmul_chain(hparams, params, rows, xla, layout):
             x = x + mm(a, p[s + '/attn/c_proj/w'])
             x = x + mm(mm(x, p[s + '/mlp/c_fc/w']), p[s + '/mlp/c_proj/w'])
         if wte_t is None:
-            return x @ sample._OutputMajor(p['model/wte'])
+            return x @ _OutputMajor(p['model/wte'])
         return tf.matmul(x, wte_t)
 
     dtype = params['model/wte'].dtype
@@ -185,13 +187,12 @@ def logits_function(params, rows, xla, layout):
     """The logits layer alone: 'transpose_b' (wte as stored), 'copy' (a [n_embd, n_vocab] copy) or
     'vocab_major' (wte @ h^T behind a barrier; XLA only)."""
     import tensorflow as tf
-    import sample
     wte = params['model/wte']
     if layout == 'copy':
         wte_t = tf.transpose(wte)
         f = lambda h: tf.matmul(h, wte_t)
     elif layout == 'vocab_major':
-        f = lambda h: h @ sample._OutputMajor(wte)
+        f = lambda h: h @ _OutputMajor(wte)
     else:
         f = lambda h: tf.matmul(h, wte, transpose_b=True)
     return tf.function(f, autograph=False, jit_compile=xla or None,
@@ -262,16 +263,15 @@ def main():
         block_bytes = sum(params[k].shape.num_elements() for k in block_weights(params)) * dtype.size
         for batch in [int(b) for b in args.batch_sizes.split(',')]:
             heads = hparams['n_head']
-            pending = tf.zeros([hparams['n_layer'], batch, 2, heads, 1, hparams['n_embd'] // heads], dtype)
-            step_args = (pending, tf.zeros([batch], tf.int32), tf.constant(args.pos), tf.zeros([batch], tf.int32))
+            pending = tf.zeros([batch, hparams['n_layer'], 2, heads, 1, hparams['n_embd'] // heads], dtype)
+            step_args = (pending, tf.zeros([batch], tf.int32), tf.constant(args.pos), tf.zeros([batch], tf.int32),
+                         tf.constant([0, 0]))
             steps, extra, compile_s, caches = {}, {}, {}, []
-            for xla in (False, True):
-                for layout in LAYOUTS:
-                    name = f'{"xla" if xla else "graph"}+{layout}'
-                    fn, extra[name], cache = step_function(hparams, params, batch, args.capacity, xla, layout)
-                    caches.append(cache)
-                    compile_s[name] = first_call(fn, step_args)
-                    steps[name] = (fn, step_args)
+            for name, form in FORMS.items():
+                fn, extra[name], cache = step_function(hparams, params, batch, args.capacity, form)
+                caches.append(cache)
+                compile_s[name] = first_call(fn, step_args)
+                steps[name] = (fn, step_args)
             h = tf.cast(tf.random.stateless_normal([batch, hparams['n_embd']], [3, 4]), dtype)
             logit_fns = {}
             for xla in (False, True):

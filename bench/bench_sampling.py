@@ -20,7 +20,7 @@ checkpoint.load(dtype=...); the peer: model.to(torch.bfloat16)).  Reported per b
                costs, compile included (XLA's compiled steps are kept in a compile cache that the
                run's processes share, files.use_compile_cache, so only the first process compiles)
   peak GiB     the child process's peak resident memory (VmHWM)
-  form         the step's form that ran: the kernel trial's choice (sample.fastest_decoder), or one
+  form         the step's form that ran: the kernel trial's choice (sample.step_form), or one
                forced with --ours (graph, xla, xla+copies: GPT2_XLA / GPT2_TRANSPOSED_COPIES)
 """
 import argparse
@@ -87,8 +87,9 @@ def run_ours(folder, batch, prompt, new, top_k, threads, started, precision):
                                         top_k=top_k, seed=0):
             stamps.append(time.time())
         result[call] = (t0, stamps)
-    d = sample.fastest_decoder(hparams, params, batch, top_k=top_k)
-    result['form'] = 'xla' * d.xla + '+copies' * d.transposed if d.xla else 'graph'
+    chosen = sample.step_form(hparams, params['model/wte'].dtype, batch, top_k=top_k)   # None: forced or the rule
+    xla, copies = chosen[0] if chosen else (os.environ.get('GPT2_XLA') != '0', os.environ.get('GPT2_TRANSPOSED_COPIES') == '1')
+    result['form'] = ('xla+copies' if copies else 'xla') if xla else 'graph'
     return result
 
 

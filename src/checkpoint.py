@@ -7,6 +7,7 @@ A model folder holds hparams.json, a `checkpoint` pointer and NAME.index / NAME.
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -43,8 +44,9 @@ def param_shapes(hparams, scope='model'):
     return shapes
 
 
-def init_params(hparams, seed=0, scope='model'):
-    """Fresh weights as the original initialisers: normal std 0.02 (0.01 for wpe), zero biases, unit gains."""
+def init_params(hparams, seed=0, scope='model', names=None):
+    """Fresh weights as the original initialisers: normal std 0.02 (0.01 for wpe), zero biases, unit gains.
+    names: only these (default: all of param_shapes)."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(hparams, scope).items():
@@ -56,7 +58,8 @@ def init_params(hparams, seed=0, scope='model'):
         else:
             std = 0.01 if leaf == 'wpe' else 0.02
             value = rng.normal(0.0, std, size=shape).astype(np.float32)
-        params[name] = tf.convert_to_tensor(value)
+        if names is None or name in names:
+            params[name] = tf.convert_to_tensor(value)
     return params
 
 
@@ -98,16 +101,20 @@ def checkpoint_path(model_dir):
     return ckpt
 
 
-def load(model_dir, scope='model', dtype=tf.float32):
+def load(model_dir, scope='model', dtype=tf.float32, hparams=None, adapt=False, note=None):
     """Read hparams.json and the latest checkpoint of model_dir.  Returns (hparams, params).
 
-    dtype: the weights' precision (tf.float32, tf.bfloat16 or tf.float16); the LayerNorm gains and
-    biases stay float32, as model.norm computes in float32.  Other dtypes are read and cast a group of
-    tensors at a time, so the float32 weights never all sit in memory at once."""
+    dtype: the weights' precision (tf.float32, tf.bfloat16 or tf.float16); the weights that
+    model.stays_float32 stay float32.  Other dtypes are read and cast a group of tensors at a time, so
+    the float32 weights never all sit in memory at once.  hparams: use these instead of hparams.json's
+    (a fork's settings for a released model).  adapt: start this model from a checkpoint of another
+    schema (a fork's, or a released one in a fork): tensors the checkpoint lacks are initialised
+    (init_params), tensors this model does not use are left out, and each kind is named in one line
+    passed to note (default: printed to stderr); without adapt, either is an error."""
     dtype = tf.as_dtype(dtype)
     if dtype not in (tf.float32, tf.bfloat16, tf.float16):
         raise model.ModelError(f'load(): dtype must be float32, bfloat16 or float16, got {dtype.name}')
-    hparams = load_hparams(model_dir)
+    hparams = load_hparams(model_dir) if hparams is None else hparams
     ckpt = checkpoint_path(model_dir)
     try:
         reader = tf.train.load_checkpoint(ckpt)
@@ -116,17 +123,29 @@ def load(model_dir, scope='model', dtype=tf.float32):
         raise model.ModelError(f'cannot read checkpoint {ckpt} ({_first_line(e)}); the files may be corrupt, '
                          f'{files.fix_hint(model_dir)}') from None
     expected = param_shapes(hparams, scope)
+    missing = [name for name in expected if name not in available]
+    if missing and not adapt:
+        raise model.ModelError(f'checkpoint {ckpt} lacks variable {missing[0]} that {model_dir}/hparams.json implies; '
+                               'the checkpoint and hparams.json are from different models (a fork\'s new tensors: '
+                               'load with adapt=True, train.py --adapt)')
     for name, shape in expected.items():
-        if name not in available:
-            raise model.ModelError(f'checkpoint {ckpt} lacks variable {name} that {model_dir}/hparams.json implies; '
-                             'the checkpoint and hparams.json are from different models')
-        if list(available[name]) != shape:
+        if name in available and list(available[name]) != shape:
             raise model.ModelError(f'checkpoint {ckpt}: {name} has shape {list(available[name])} but hparams.json implies '
                              f'{shape}; the checkpoint and hparams.json are from different models')
     extra = sorted(n for n in available if n.startswith(scope + '/') and n not in expected and not _is_slot(n))
-    if extra:
+    if extra and not adapt:
         raise model.ModelError(f'checkpoint {ckpt} has variables that {model_dir}/hparams.json does not describe '
-                         f'(e.g. {extra[0]}); the checkpoint and hparams.json are from different models')
+                         f'(e.g. {extra[0]}); the checkpoint and hparams.json are from different models (a fork '
+                         'that no longer uses them: load with adapt=True, train.py --adapt)')
+    note = note or (lambda line: print(line, file=sys.stderr, flush=True))
+    if missing:
+        note(f'{ckpt} lacks {len(missing)} tensor{"s" * (len(missing) > 1)} this model has, initialised afresh: '
+             + ', '.join(missing))
+    if extra:
+        note(f'{ckpt} has {len(extra)} tensor{"s" * (len(extra) > 1)} this model does not use, left out: '
+             + ', '.join(extra))
+    fresh = init_params(hparams, scope=scope, names=set(missing)) if missing else {}
+    expected = {k: v for k, v in expected.items() if k not in fresh}
     dtypes = reader.get_variable_to_dtype_map()
     params = {}
     for names in _groups(expected, dtypes, whole=dtype == tf.float32):
@@ -138,10 +157,12 @@ def load(model_dir, scope='model', dtype=tf.float32):
             raise model.ModelError(f'cannot read {ckpt} ({_first_line(e)}); the files may be corrupt, '
                              f'{files.fix_hint(model_dir)}') from None
         for n, v in zip(names, values):
-            want = tf.float32 if '/ln_' in n else dtype
+            want = tf.float32 if model.stays_float32(n) else dtype
             params[n] = v if v.dtype == want else tf.cast(v, want)
         del values
-    return hparams, params
+    for n, v in fresh.items():
+        params[n] = tf.cast(v, tf.float32 if model.stays_float32(n) else dtype)
+    return hparams, {n: params[n] for n in param_shapes(hparams, scope)}
 
 
 LOAD_GROUP_BYTES = 256 << 20
@@ -180,6 +201,10 @@ def save(model_dir, hparams, params, name='model.ckpt', scope='model'):
     Returns the checkpoint prefix.
     """
     expected = param_shapes(hparams, scope)
+    unknown = sorted(k for k in params if k not in expected)
+    if unknown:
+        raise model.ModelError(f'save(): params has tensors that checkpoint.param_shapes does not list ({", ".join(unknown)}); '
+                               'add them to the schema, or leave them out of params')
     for key, shape in expected.items():
         if key not in params:
             raise model.ModelError(f'save(): params lacks {key}')
@@ -193,7 +218,7 @@ def save(model_dir, hparams, params, name='model.ckpt', scope='model'):
     tmp_prefix = os.path.join(tmp, name)
     tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names, shape_and_slices=[''] * len(names), tensors=tensors)
     files.write_atomic(os.path.join(model_dir, 'hparams.json'),
-                  json.dumps({k: int(hparams[k]) for k in model.HPARAM_KEYS}, indent=2) + '\n')
+                  json.dumps(model.HParams(hparams).to_json(), indent=2) + '\n')
     # The `checkpoint` file names the complete temporary pair while the final pair is replaced, and the
     # final pair once it is whole.  If anything fails in between, the temporary pair stays, and loads.
     _write_checkpoint_file(model_dir, tmp_prefix)

@@ -11,7 +11,7 @@ Signatures:
   generate (also serving_default): tokens int32 [batch, seq], length int32, temperature float32,
       top_k int32, top_p float32, seed int32 -> tokens int32 [batch, seq + length].  Cached decoding:
       the prompt in one pass, then one token per step of a tf.while_loop over fixed-size key/value
-      buffers, compiled with XLA (--noxla: a plain graph, for servers without XLA).  temperature 0 or
+      buffers (decode.py, the sampler's core), compiled with XLA (--noxla: a plain graph, for servers without XLA).  temperature 0 or
       top_k 1: greedy; top_k 0 and top_p 1: no truncation; the same seed gives the same tokens.
   logits: tokens int32 [batch, seq] -> logits float32 [batch, seq, n_vocab].
 encoder.json and vocab.bpe travel as assets (assets/encoder.json, assets/vocab.bpe).
@@ -26,77 +26,16 @@ cli.import_tensorflow_quietly()   # before model, checkpoint, ...: TensorFlow wi
 import tensorflow as tf
 
 import checkpoint
+import decode
 import files
 import model
-import sample
+import speed
 
 VOCAB_FILES = ('encoder.json', 'vocab.bpe')
 VENDORED_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vocab')
 
 
 CAPACITY_STEP = 128   # key/value buffers hold a multiple of this many tokens (or n_ctx)
-CANDIDATES = (64, 1024)   # the top-k and nucleus draws look at this many most likely tokens first, then this many
-
-
-def draw(logits, seed, temperature, top_k, top_p):
-    """Next tokens int32 [batch] from logits float32 [batch, n_vocab], with the settings as tensors:
-    greedy when temperature is 0 or top_k is 1; else temperature, then top-k (0: off), then nucleus
-    top-p over what is left (1: off), then a draw with the stateless seed [2].
-
-    XLA needs a static k, so a truncated draw takes the most likely CANDIDATES[0] tokens and masks the
-    rest, which is exact when top_k <= CANDIDATES[0], or top_k is 0 and the nucleus lies within them;
-    else it tries the next number of CANDIDATES, and at last (rare, and slower) the whole vocabulary."""
-    n_vocab = logits.shape[-1]
-
-    def greedy():
-        return tf.argmax(logits, axis=-1, output_type=tf.int32)
-
-    def sampled():
-        # Shifted so the largest logit is 0 and floored at -1e10: a tiny temperature gives no inf or NaN.
-        shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
-        scaled = tf.where(shifted < 0, tf.maximum(shifted / temperature, -1e10), 0.0)
-        k = tf.where((top_k > 0) & (top_k < n_vocab), top_k, n_vocab)          # the tokens top-k keeps
-
-        def truncated(candidates):
-            values, indices = tf.math.top_k(scaled, k=candidates)                  # [batch, candidates], sorted
-            values = tf.where(tf.range(candidates) < k, values, -1e10)
-            # Probabilities within what top-k keeps: the first k candidates, or the whole vocabulary.
-            total = tf.where(k < n_vocab, tf.reduce_logsumexp(values, axis=-1, keepdims=True),
-                             tf.reduce_logsumexp(scaled, axis=-1, keepdims=True))         # [batch, 1]
-            probs = tf.exp(values - total)
-            mass_before = tf.cumsum(probs, axis=-1, exclusive=True)
-            covered = tf.reduce_all(mass_before[:, -1] + probs[:, -1] >= top_p)   # the nucleus is in there
-            values = tf.where((mass_before < top_p) | (top_p >= 1), values, -1e10)
-            pick = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)        # [batch, 1]
-            return tf.gather(indices, pick, batch_dims=1)[:, 0], covered
-
-        def whole():
-            return tf.random.stateless_categorical(scaled, 1, seed, dtype=tf.int32)[:, 0]
-
-        def first_exact(sizes):
-            token, covered = truncated(sizes[0])
-            if len(sizes) == 1:
-                return token
-            exact = (k <= sizes[0]) | ((k == n_vocab) & covered)
-            return tf.cond(exact, lambda: token, lambda: first_exact(sizes[1:]))
-        sizes = sorted({min(c, n_vocab) for c in CANDIDATES} | {n_vocab})
-        return tf.cond((k < n_vocab) | (top_p < 1), lambda: first_exact(sizes), whole)
-    return tf.cond((temperature == 0) | (top_k == 1), greedy, sampled)
-
-
-def put(buffer, value, index, axis, xla):
-    """buffer with value written at `index` of `axis` (value's size there: 1), in place where possible."""
-    if xla:
-        from tensorflow.compiler.tf2xla.python import xla as xla_ops
-        start = [tf.constant(0)] * buffer.shape.rank
-        start[axis] = index
-        return xla_ops.dynamic_update_slice(buffer, value, tf.stack(start))
-    begin, end = [0] * buffer.shape.rank, [0] * buffer.shape.rank
-    begin[axis], end[axis] = index, index + 1
-    others = sum(1 << a for a in range(buffer.shape.rank) if a != axis)
-    return tf.raw_ops.TensorStridedSliceUpdate(input=buffer, begin=tf.stack(begin), end=tf.stack(end),
-                                               strides=tf.ones([buffer.shape.rank], tf.int32), value=value,
-                                               begin_mask=others, end_mask=others)
 
 
 class GPT2(tf.Module):
@@ -112,42 +51,32 @@ class GPT2(tf.Module):
         self.vocabulary = {f: tf.saved_model.Asset(os.path.join(vocab_dir, f)) for f in VOCAB_FILES}
         self.xla = xla
 
-    def _decode_loop(self, params, buffers, last, n, length, temperature, top_k, top_p, seed):
-        """The new tokens int32 [batch, capacity] (the first `length` of them real) after the prompt's last
-        token last [batch], whose n earlier tokens' keys and values fill slots 0..n-1 of each layer's buffer
-        [batch, 2, heads, capacity, head_dim].  Under XLA, compiled once per batch size and capacity.
-
-        Each step writes the previous token's keys and values (`pending`) into the buffers, then attends to
-        them: written before read, a buffer is updated in place (under XLA, written after a read, copied)."""
+    def _decode_loop(self, params, buffers, pending, first, n, length, temperature, top_k, top_p, seed):
+        """The new tokens int32 [batch, capacity] (the first `length` of them real) from first [batch], the
+        first new token, on: the prompt's n tokens fill slots 0..n-1 of the buffers [batch, 2, heads,
+        capacity, head_dim], the last one's keys and values still pending (decode.step).  Under XLA,
+        compiled once per batch size and capacity."""
         h = self.hparams
-        slots = tf.range(tf.shape(buffers[0])[3])
+        layouts = {'model/wte': params['model/wte']}   # wte @ x^T: faster for a few rows than x @ wte^T
         if self.xla:
             # The blocks' matmuls on transposed copies, made once per call: for a few rows XLA's CPU matmul is
-            # faster with the weight as the left operand (sample.py's decoder does the same).
-            params = dict(params, **{k: sample._OutputMajor(tf.transpose(w[0])) for k, w in params.items()
-                                     if k.startswith('model/h') and k.endswith('/w')})
+            # faster with the weight as the left operand (the sampler's copies, speed.layout_matmul).
+            layouts.update({k: speed.as_matrix_t(w) for k, w in params.items() if w.shape.rank == 3})
+        matmul = speed.layout_matmul(model.plain_matmul, output_major=layouts, barrier=self.xla)
+        start = tf.zeros_like(first)
 
-        def step(i, last, new, pendings, buffers):
-            pos = n + i
-            buffers = [put(b, kv, tf.maximum(pos - 1, 0), 3, self.xla) for b, kv in zip(buffers, pendings)]
-            # Slots before pos, then the token itself: [1, 1, 1, capacity + 1].
-            mask = tf.concat([slots < pos, [True]], axis=0)[None, None, None]
-            x = tf.gather(params['model/wte'], last[:, None]) + params['model/wpe'][pos]   # [batch, 1, n_embd]
-            pendings = []
-            for layer, past in enumerate(buffers):
-                x, present = model.block(x, params, f'model/h{layer}', h['n_head'], past=past, mask=mask)
-                pendings.append(present)
-            x = model.norm(x[:, 0], params['model/ln_f/g'], params['model/ln_f/b'])
-            # wte @ x^T, not x @ wte^T: faster for a few rows (TensorFlow's and XLA's CPU matmuls alike).
-            logits = tf.cast(tf.transpose(tf.matmul(params['model/wte'], x, transpose_b=True)), tf.float32)
-            token = draw(logits, tf.stack([seed, i]), temperature, top_k, top_p)                    # [batch]
-            new = put(new, token[:, None], i, 1, self.xla)
-            return i + 1, token, new, pendings, buffers
+        def step(i, token, new, pending, buffers):
+            new = tf.tensor_scatter_nd_update(new, tf.stack([tf.range(tf.shape(token)[0]), tf.fill(tf.shape(token), i)],
+                                                            axis=1), token)
+            logits, pending, buffers = decode.step(h, params, buffers, pending, token, n + i, start, matmul, self.xla)
+            token = decode.draw(logits, tf.stack([seed, i + 1]), temperature, top_k, top_p)        # [batch]
+            return i + 1, token, new, pending, buffers
 
-        # pending for slot n - 1 (there already: rewritten as is), or for none yet when the prompt is one token
-        pendings = [b[:, :, :, tf.maximum(n - 1, 0)][:, :, :, None] for b in buffers]
-        new = tf.zeros([tf.shape(last)[0], tf.shape(buffers[0])[3]], tf.int32)             # [batch, capacity]
-        return tf.while_loop(lambda i, *_: i < length, step, [tf.constant(0), last, new, pendings, buffers])[2]
+        new = tf.zeros([tf.shape(first)[0], tf.shape(buffers[0])[3]], tf.int32)             # [batch, capacity]
+        _, last, new, _, _ = tf.while_loop(lambda i, *_: i < length - 1, step,
+                                           [tf.constant(0), first, new, pending, buffers])
+        return tf.tensor_scatter_nd_update(new, tf.stack([tf.range(tf.shape(last)[0]),
+                                                          tf.fill(tf.shape(last), length - 1)], axis=1), last)
 
     def _params(self):
         """The weights as tensors, read once per call.  model.model gathers from wte; a gather from a
@@ -194,21 +123,19 @@ class GPT2(tf.Module):
 
         params = self._params()
 
-        def decode():
-            # The prompt but its last token in one plain pass (its shapes vary per call; XLA would compile
-            # each), its keys and values padded into fixed buffers; then the loop.
-            n = tf.shape(tokens)[1] - 1
+        def generated():
+            # The prompt in one plain pass (its shapes vary per call; XLA would compile each), its keys and
+            # values into fixed buffers; the first new token from its logits; then the loop.
+            n = tf.shape(tokens)[1]
             bucket = CAPACITY_STEP if self.xla else 1   # XLA compiles once per capacity; plain TensorFlow need not
             capacity = tf.minimum(h['n_ctx'], (n + length + bucket - 1) // bucket * bucket)
-            x = tf.gather(params['model/wte'], tokens[:, :-1]) + params['model/wpe'][:n]
-            buffers = []
-            for layer in range(h['n_layer']):
-                x, present = model.block(x, params, f'model/h{layer}', h['n_head'])
-                buffers.append(tf.pad(present, [[0, 0], [0, 0], [0, 0], [0, capacity - n], [0, 0]]))
+            start = tf.zeros([tf.shape(tokens)[0]], tf.int32)
+            logits, buffers, pending = decode.prefill(h, params, tokens, start, capacity)
+            first = decode.draw(logits, tf.stack([seed, 0]), temperature, top_k, top_p)
             decode_loop = tf.function(self._decode_loop, autograph=False, jit_compile=self.xla)
-            new = decode_loop(params, buffers, tokens[:, -1], n, length, temperature, top_k, top_p, seed)
+            new = decode_loop(params, buffers, pending, first, n, length, temperature, top_k, top_p, seed)
             return tf.concat([tokens, new[:, :length]], axis=1)
-        return {'tokens': tf.cond(length > 0, decode, lambda: tokens)}
+        return {'tokens': tf.cond(length > 0, generated, lambda: tokens)}
 
 
 def next_version(out):

@@ -11,10 +11,11 @@ import sampling
                      length='the whole context')
 def sample_model(model_name='124M', seed=None, nsamples=0, batch_size=1, length=None,
                  temperature=1, top_k=0, top_p=1, models_dir='models', *, stop_at_endoftext=False, stop=None,
-                 keep=None, precision='float32'):
+                 keep=None, precision='float32', xla=None, transposed_copies=None):
     nsamples = cli.integer('nsamples', nsamples, minimum=0)
     batch_size, seed, temperature, top_k, top_p, stop = sampling.check_flags(batch_size, seed, temperature,
                                                                              top_k, top_p, stop)
+    form = sampling.step_form(xla, transposed_copies)
     # By default the whole context: the start token takes the first position.
     enc, hparams, params, length, keep = sampling.load_model(model_name, models_dir, length,
                                                              lambda h: h.n_ctx - 1, keep, precision)
@@ -25,7 +26,7 @@ def sample_model(model_name='124M', seed=None, nsamples=0, batch_size=1, length=
         rows = batch_size if nsamples == 0 else min(batch_size, nsamples - generated)
         generated = sampling.print_samples(enc, [[enc.eot_token]] * rows, generated, stop_at_endoftext, stop,
                                            hparams=hparams, params=params, length=length, temperature=temperature,
-                                           top_k=top_k, top_p=top_p, keep=keep, seed=next(seeds))
+                                           top_k=top_k, top_p=top_p, keep=keep, seed=next(seeds), **form)
 
 
 if __name__ == '__main__':

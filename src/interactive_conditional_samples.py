@@ -13,20 +13,21 @@ import sampling
                      extra='\n      prompt: continue this text once and exit, instead of asking at the terminal.')
 def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, length=None,
                    temperature=1, top_k=0, top_p=1, models_dir='models', *, stop_at_endoftext=False, prompt=None,
-                   stop=None, keep=None, precision='float32'):
+                   stop=None, keep=None, precision='float32', xla=None, transposed_copies=None):
     nsamples = cli.integer('nsamples', nsamples, minimum=1)
     batch_size, seed, temperature, top_k, top_p, stop = sampling.check_flags(batch_size, seed, temperature,
                                                                              top_k, top_p, stop)
     if prompt is not None and not isinstance(prompt, str):   # fire reads --prompt 1984 as a number
         raise cli.UsageError(f'--prompt must be text, got {prompt!r} ({type(prompt).__name__}); quote it twice, '
                              f'e.g. --prompt \'"1984"\'')
+    form = sampling.step_form(xla, transposed_copies)
     if prompt == '':
         raise cli.UsageError('--prompt is empty; give some text, e.g. --prompt "Once upon a time"')
     enc, hparams, params, length, keep = sampling.load_model(model_name, models_dir, length,
                                                              lambda h: h.n_ctx // 2, keep, precision)
     seeds = sample.seed_stream(seed)
     settings = dict(hparams=hparams, params=params, length=length, temperature=temperature, top_k=top_k,
-                    top_p=top_p, keep=keep)
+                    top_p=top_p, keep=keep, **form)
 
     def answer(text):
         """Print nsamples continuations of text."""

@@ -1,8 +1,14 @@
-"""GPT-2 in TensorFlow 2: a functional forward pass over OpenAI's own checkpoint variables.
+"""GPT-2 in TensorFlow 2: the one forward pass, over OpenAI's own checkpoint variables.
 
 `params` is a plain dict keyed by the checkpoint's variable names (``model/wte``,
 ``model/h0/attn/c_attn/w`` [1, nx, 3nx], ...), with the shapes OpenAI published, so a
 released checkpoint is read and written name for name, with no conversion step.
+
+Sampling, training, export and evaluation all call `model()`.  What they vary comes in through its
+named arguments, never by re-deriving the network: `past` (the original's concatenated keys and values,
+or `Slots`, fixed buffers written in place), `positions`, `matmul` (weight layouts), `wrap_block`
+(e.g. tf.recompute_grad), `dtype` (compute precision) and `last` (only the last position's logits).
+docs/forking.md maps where a change goes.
 """
 import numpy as np
 import tensorflow as tf
@@ -15,7 +21,9 @@ class ModelError(ValueError):
 
 
 class HParams(dict):
-    """The five GPT-2 hyperparameters; readable as ``h.n_ctx`` and as ``h['n_ctx']``."""
+    """GPT-2's hyperparameters, readable as ``h.n_ctx`` and as ``h['n_ctx']``: the five released ones
+    (positive integers) and any a fork adds to default_hparams() (typed by their defaults: int, float,
+    bool or str)."""
 
     def __getattr__(self, name):
         try:
@@ -27,23 +35,48 @@ class HParams(dict):
         self[name] = value
 
     def override_from_dict(self, values, source='hparams'):
-        """Update from a dict such as hparams.json, refusing unknown keys and non-integers."""
+        """Update from a dict such as hparams.json, refusing unknown keys and values of the wrong type."""
+        defaults = default_hparams()
         if not isinstance(values, dict):
-            raise ModelError(f'{source}: expected a JSON object with keys {", ".join(HPARAM_KEYS)}')
+            raise ModelError(f'{source}: expected a JSON object with keys {", ".join(defaults)}')
         for key, value in values.items():
-            if key not in HPARAM_KEYS:
-                raise ModelError(f'{source}: unknown key {key!r}; valid keys are {", ".join(HPARAM_KEYS)}')
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ModelError(f'{source}: {key} must be a positive integer, got {value!r}')
+            if key not in defaults:
+                raise ModelError(f'{source}: unknown key {key!r}; valid keys are {", ".join(defaults)}')
+            kind = type(defaults[key])
+            if key in HPARAM_KEYS:
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ModelError(f'{source}: {key} must be a positive integer, got {value!r}')
+            elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            elif type(value) is not kind:
+                raise ModelError(f'{source}: {key} must be {kind.__name__}, got {value!r}')
             self[key] = value
         if self['n_embd'] % self['n_head']:
             raise ModelError(f'{source}: n_embd ({self["n_embd"]}) must be divisible by n_head ({self["n_head"]})')
         return self
 
+    def to_json(self):
+        """What hparams.json holds: the five released keys, and a fork's others where not at their default
+        (so a released model saved by a fork keeps exactly its five)."""
+        defaults = default_hparams()
+        return {k: v for k, v in self.items() if k in HPARAM_KEYS or v != defaults.get(k)}
+
 
 def default_hparams():
-    """The 124M model's hyperparameters."""
+    """The 124M model's hyperparameters (a fork adds its own here, with their defaults)."""
     return HParams(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=12)
+
+
+def stays_float32(name):
+    """Whether the weight `name` is kept and used in float32 at every precision: LayerNorm's gains and
+    biases, as norm() computes in float32."""
+    return '/ln_' in name
+
+
+def is_embedding(name):
+    """Whether the weight `name` is an embedding table (the tokens' wte, the positions' wpe), which
+    train.py --freeze_embeddings keeps fixed."""
+    return name.rsplit('/', 1)[-1] in ('wte', 'wpe')
 
 
 def shape_list(x):
@@ -66,10 +99,20 @@ def norm(x, g, b, epsilon=1e-5):
     return tf.cast((x - u) * tf.math.rsqrt(s + epsilon) * g + b, dtype)
 
 
-def conv1d(x, w, b):
-    """The checkpoint's 1x1 convolution: x [..., nx] @ w[0] + b, for w [1, nx, nf] and b [nf]."""
+def plain_matmul(x, params, name):
+    """x [rows, nx] times the matrix stored as `name`: w[0] of a conv1d weight w [1, nx, nf], or wte^T
+    [n_embd, n_vocab] for the logits.  model()'s `matmul` argument replaces this (same signature) to
+    multiply with the weights in another layout."""
+    w = params[name]
+    if name.endswith('/wte'):
+        return tf.matmul(x, w, transpose_b=True)
+    return x @ w[0]
+
+
+def conv1d(x, params, scope, matmul=plain_matmul):
+    """The checkpoint's 1x1 convolution: x [..., nx] @ w[0] + b, for scope/w [1, nx, nf] and scope/b [nf]."""
     *start, nx = shape_list(x)
-    y = tf.reshape(x, [-1, nx]) @ w[0] + b                                               # [rows, nf]
+    y = matmul(tf.reshape(x, [-1, nx]), params, scope + '/w') + params[scope + '/b']        # [rows, nf]
     return tf.reshape(y, start + [y.shape[-1]])
 
 
@@ -93,18 +136,18 @@ def attention_mask(nd, ns):
     return i >= j - ns + nd
 
 
-def attn(x, params, scope, n_head, past=None, mask=None):
+def attn(x, params, scope, n_head, past=None, mask=None, matmul=plain_matmul):
     """Masked multi-head self-attention of x [batch, seq, n_embd] over the past's keys and its own.
 
     past: [batch, 2, heads, past_seq, head_dim], the keys and values of earlier positions.
     mask: bool, broadcastable to [batch, heads, seq, past_seq + seq], True where a position may attend;
     by default causal.  Returns (a [batch, seq, n_embd], present [batch, 2, heads, seq, head_dim])."""
-    c = conv1d(x, params[scope + '/c_attn/w'], params[scope + '/c_attn/b'])
+    c = conv1d(x, params, scope + '/c_attn', matmul)
     q, k, v = (split_heads(t, n_head) for t in tf.split(c, 3, axis=2))                 # [batch, heads, seq, hd]
     present = tf.stack([k, v], axis=1)
     keys, values = ([k], [v]) if past is None else ([past[:, 0], k], [past[:, 1], v])
     a = merge_heads(multihead_attn(q, keys, values, mask))
-    return conv1d(a, params[scope + '/c_proj/w'], params[scope + '/c_proj/b']), present
+    return conv1d(a, params, scope + '/c_proj', matmul), present
 
 
 def multihead_attn(q, keys, values, mask=None):
@@ -124,17 +167,17 @@ def multihead_attn(q, keys, values, mask=None):
     return tf.add_n([tf.matmul(tf.cast(p, v.dtype), v) for p, v in zip(parts, values)])
 
 
-def mlp(x, params, scope):
-    h = gelu(conv1d(x, params[scope + '/c_fc/w'], params[scope + '/c_fc/b']))
-    return conv1d(h, params[scope + '/c_proj/w'], params[scope + '/c_proj/b'])
+def mlp(x, params, scope, matmul=plain_matmul):
+    h = gelu(conv1d(x, params, scope + '/c_fc', matmul))
+    return conv1d(h, params, scope + '/c_proj', matmul)
 
 
-def block(x, params, scope, n_head, past=None, mask=None):
+def block(x, params, scope, n_head, past=None, mask=None, matmul=plain_matmul):
     """Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)).  Returns (x, present)."""
     a, present = attn(norm(x, params[scope + '/ln_1/g'], params[scope + '/ln_1/b']),
-                      params, scope + '/attn', n_head, past, mask)
+                      params, scope + '/attn', n_head, past, mask, matmul)
     x = x + a
-    x = x + mlp(norm(x, params[scope + '/ln_2/g'], params[scope + '/ln_2/b']), params, scope + '/mlp')
+    x = x + mlp(norm(x, params[scope + '/ln_2/g'], params[scope + '/ln_2/b']), params, scope + '/mlp', matmul)
     return x, present
 
 
@@ -143,12 +186,51 @@ def positions_for(tokens, past_length):
     return tf.tile(past_length + tf.range(nsteps)[None, :], [batch, 1])
 
 
-def model(hparams, X, past=None, params=None, scope='model'):
+class Slots:
+    """A key/value cache of fixed buffers, for decoding in place (the alternative to the original's
+    concatenated `past`).
+
+    layers: per layer, keys and values [batch, 2, heads, capacity, head_dim], or None before anything is
+    cached.  start int32 [batch]: row r's first real slot (earlier slots are left padding).  filled: the
+    slots written so far; the new tokens are slots filled, filled + 1, ...  Row r attends to its slots
+    from start[r] on, up to the token itself, and its positions count from 0 at start[r].  The caller
+    writes each call's `present` into the buffers."""
+
+    def __init__(self, start, filled=0, layers=None):
+        self.start, self.filled, self.layers = tf.convert_to_tensor(start, tf.int32), filled, layers
+
+    def past(self, layer):
+        return None if self.layers is None else self.layers[layer]
+
+    def positions(self, nd):
+        """int32 [batch, nd]: each row's position ids of the new tokens."""
+        return tf.maximum(self.filled + tf.range(nd)[None] - self.start[:, None], 0)
+
+    def mask(self, nd):
+        """bool [batch, 1, nd, capacity + nd]: the buffers' slots start..filled-1, then the new tokens
+        causally, each from its row's start."""
+        new = self.filled + tf.range(nd)                                                 # [nd]
+        own = (new[None, :] <= new[:, None])[None] & (new[None, None, :] >= self.start[:, None, None])
+        if self.layers is None:
+            return own[:, None]
+        slots = tf.range(tf.shape(self.layers[0])[3])                                    # [capacity]
+        cached = (slots[None] >= self.start[:, None]) & (slots[None] < self.filled)      # [batch, capacity]
+        cached = tf.broadcast_to(cached[:, None], [tf.shape(cached)[0], nd, tf.shape(cached)[1]])
+        return tf.concat([cached, tf.broadcast_to(own, [tf.shape(cached)[0], nd, nd])], axis=-1)[:, None]
+
+
+def model(hparams, X, past=None, params=None, scope='model', *, positions=None, matmul=None, wrap_block=None,
+          dtype=None, last=False):
     """GPT-2 forward pass.
 
-    X: int32 [batch, seq]; past: None or [batch, n_layer, 2, n_head, past_seq, head_dim] (the `present`
-    of earlier calls, concatenated on its seq axis); both may be tensors, numpy arrays or nested lists.
-    Returns {'logits': [batch, seq, n_vocab], 'present': [batch, n_layer, 2, n_head, seq, head_dim]}.
+    X: int32 [batch, seq].  past: None; [batch, n_layer, 2, n_head, past_seq, head_dim], the `present` of
+    earlier calls concatenated on its seq axis (tensors, numpy arrays or nested lists); or a Slots.
+    positions: int32 [batch, seq], by default following the past.  matmul: f(x, params, name) in place
+    of plain_matmul, for weights in other layouts.  wrap_block: f(block_fn) -> block_fn, applied to each
+    layer's block_fn(x, *weights) -> (x, present), e.g. tf.recompute_grad.  dtype: the compute precision,
+    the weights cast to it but those that stay_float32.  last: the last position's logits only.
+    Returns {'logits': float32 [batch, seq (1 with last), n_vocab],
+             'present': [batch, n_layer, 2, n_head, seq, head_dim]}.
     """
     if params is None:
         raise ModelError('model(): pass params=..., from checkpoint.load(model_dir) or checkpoint.init_params(hparams)')
@@ -158,24 +240,43 @@ def model(hparams, X, past=None, params=None, scope='model'):
     X = tf.cast(X, tf.int32)
     if X.shape.rank != 2:
         raise ModelError(f'model(): X must be [batch, seq], got shape {X.shape}')
-    if past is not None:
+    if dtype is not None:
+        params = {k: tf.cast(v, tf.float32 if stays_float32(k) else dtype) for k, v in params.items()}
+    if past is not None and not isinstance(past, Slots):
         past = tf.convert_to_tensor(past, dtype=params[scope + '/wte'].dtype)
         if past.shape.rank != 6:
             raise ModelError(f'model(): past must be [batch, n_layer, 2, n_head, past_seq, head_dim], '
                              f'got shape {past.shape}')
-    past_length = 0 if past is None else shape_list(past)[-2]
-    _check_inputs(hparams, X, past_length)
+        _check_inputs(hparams, X, shape_list(past)[-2])
+    elif past is None:
+        _check_inputs(hparams, X, 0)
+    matmul = matmul or plain_matmul
 
-    h = tf.gather(params[scope + '/wte'], X) + tf.gather(params[scope + '/wpe'], positions_for(X, past_length))
-    pasts = tf.unstack(past, axis=1) if past is not None else [None] * hparams['n_layer']
+    nd = shape_list(X)[1]
+    if positions is None:
+        positions = past.positions(nd) if isinstance(past, Slots) else positions_for(
+            X, 0 if past is None else shape_list(past)[-2])
+    mask = past.mask(nd) if isinstance(past, Slots) else None
+    h = tf.gather(params[scope + '/wte'], X) + tf.gather(params[scope + '/wpe'], positions)
     presents = []
-    for layer, layer_past in enumerate(pasts):
-        h, present = block(h, params, f'{scope}/h{layer}', hparams['n_head'], past=layer_past)
+    for layer in range(hparams['n_layer']):
+        layer_scope = f'{scope}/h{layer}'
+        layer_past = past.past(layer) if isinstance(past, Slots) else None if past is None else past[:, layer]
+        names = sorted(k for k in params if k.startswith(layer_scope + '/'))
+
+        def block_fn(x, *weights, layer_scope=layer_scope, names=names, layer_past=layer_past):
+            return block(x, dict(params, **dict(zip(names, weights))), layer_scope, hparams['n_head'],
+                         layer_past, mask, matmul)
+        if wrap_block is not None:
+            block_fn = wrap_block(block_fn)
+        h, present = block_fn(h, *[params[k] for k in names])
         presents.append(present)
+    if last:
+        h = h[:, -1:]
     h = norm(h, params[scope + '/ln_f/g'], params[scope + '/ln_f/b'])
 
-    batch, seq = shape_list(X)
-    logits = tf.matmul(tf.reshape(h, [-1, hparams['n_embd']]), params[scope + '/wte'], transpose_b=True)
+    batch, seq = shape_list(h)[:2]
+    logits = matmul(tf.reshape(h, [-1, hparams['n_embd']]), params, scope + '/wte')
     return {'logits': tf.reshape(tf.cast(logits, tf.float32), [batch, seq, hparams['n_vocab']]),
             'present': tf.stack(presents, axis=1)}
 

@@ -36,7 +36,12 @@ FLAGS_DOC = """
         tokens since the last cut would exceed n_ctx, the text is cut to its last `keep` tokens (default
         half the context), which are fed again.
       precision: the weights' precision in memory: float32 (default), bfloat16 (half the memory), or
-        float16 (GPU only). The checkpoint on disk is unchanged.{extra}
+        float16 (GPU only). The checkpoint on disk is unchanged.
+      xla: compile the one-token step with XLA (--xla) or run it as a plain graph (--noxla); by default
+        a short timed trial of both on the first step picks the faster (GPT2_XLA=0/1 also decides).
+      transposed_copies: under XLA, run the blocks' matmuls on transposed copies of their weights
+        (--transposed_copies; faster, costs the blocks' size in memory again, 324 MiB at 124M) or not
+        (--notransposed_copies); by default where they fit in memory (GPT2_TRANSPOSED_COPIES=0/1).{extra}
     """
 
 
@@ -53,6 +58,15 @@ def check_flags(batch_size, seed, temperature, top_k, top_p, stop):
     batch_size = cli.integer('batch_size', batch_size, minimum=1)
     seed = cli.integer('seed', seed, minimum=0, allow_none=True)
     return (batch_size, seed) + sample.check_settings(temperature, top_k, top_p) + (stop_strings(stop),)
+
+
+def step_form(xla, transposed_copies):
+    """--xla and --transposed_copies as sample_sequence takes them: {'xla': ..., 'transposed_copies': ...}."""
+    for name, value in (('xla', xla), ('transposed_copies', transposed_copies)):
+        if value not in (None, True, False):
+            raise cli.UsageError(f'--{name} takes no value: --{name} or --no{name} (leave it out for the timed '
+                                 f'trial), got {value!r}')
+    return dict(xla=xla, transposed_copies=transposed_copies)
 
 
 def stop_strings(stop):

@@ -184,34 +184,19 @@ def _tf_config_cluster():
 
 
 # ---------------------------------------------------------------------------------------------
-# The forward pass for training: model.model's computation, with optional per-block
-# recomputation and mixed precision (LayerNorm and softmax stay in float32).
+# The forward pass for training: model.model, with optional per-block recomputation and mixed
+# precision (LayerNorm and softmax stay in float32).
 
 def forward(hparams, params, X, dtype=tf.float32, recompute=False):
-    """Logits float32 [batch, seq, n_vocab] of X int32 [batch, seq], as model.model computes them.
+    """Logits float32 [batch, seq, n_vocab] of X int32 [batch, seq] (model.model).
 
     params: name -> variable or tensor.  dtype: compute precision (weights are cast to it; the
     float32 variables stay the master copy).  recompute: keep only each block's input for the
     backward pass and recompute the rest (tf.recompute_grad), trading ~30% more compute for memory.
     """
-    X = tf.convert_to_tensor(X, tf.int32)
-    p = {k: tf.cast(tf.convert_to_tensor(v), tf.float32 if '/ln_' in k else dtype) for k, v in params.items()}
-    h = tf.gather(p['model/wte'], X) + tf.gather(p['model/wpe'], model.positions_for(X, 0))
-    for layer in range(hparams['n_layer']):
-        scope = f'model/h{layer}'
-        names = sorted(k for k in p if k.startswith(scope + '/'))
-
-        def run_block(x, *weights, scope=scope, names=names):
-            w = dict(zip(names, weights))
-            return model.block(x, w, scope, hparams['n_head'])[0]
-
-        if recompute:
-            run_block = tf.recompute_grad(run_block)
-        h = run_block(h, *[p[k] for k in names])
-    h = model.norm(h, p['model/ln_f/g'], p['model/ln_f/b'])   # in float32, returned in dtype
-    batch, seq = model.shape_list(X)
-    logits = tf.matmul(tf.reshape(h, [-1, hparams['n_embd']]), p['model/wte'], transpose_b=True)
-    return tf.cast(tf.reshape(logits, [batch, seq, hparams['n_vocab']]), tf.float32)
+    params = {k: tf.convert_to_tensor(v) for k, v in params.items()}
+    return model.model(hparams, X, params=params, dtype=dtype,
+                       wrap_block=tf.recompute_grad if recompute else None)['logits']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +215,7 @@ class Trainer:
         self.lr, self.warmup, self.clip = float(learning_rate), int(warmup_steps), float(grad_clip)
         self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
         self.loss_scaling = precision == 'float16'
-        frozen = {'model/wte', 'model/wpe'} if freeze_embeddings else set()
+        frozen = {k for k in params if model.is_embedding(k)} if freeze_embeddings else set()
         with strategy.scope():
             self.weights = {k: tf.Variable(v, name=k, trainable=k not in frozen) for k, v in params.items()}
             self.trainable = [k for k in self.weights if k not in frozen]
@@ -515,10 +500,10 @@ def note(message):
 # ---------------------------------------------------------------------------------------------
 # The run.
 
-def parse_hparams(hparams):
-    """--hparams as a dict, a JSON string or a JSON file -> HParams over the 124M defaults."""
+def parse_hparams(hparams, base=None):
+    """--hparams (a dict, a JSON string or a JSON file) -> HParams over base (default: the 124M defaults)."""
     if hparams is None:
-        return model.default_hparams()
+        return base or model.default_hparams()
     if isinstance(hparams, str):
         try:
             if os.path.isfile(files.expand(hparams)):
@@ -528,7 +513,16 @@ def parse_hparams(hparams):
                 hparams = json.loads(hparams)
         except ValueError as e:
             raise TrainError(f'--hparams is neither a JSON object nor a JSON file ({e})') from None
-    return model.default_hparams().override_from_dict(hparams, source='--hparams')
+    if isinstance(hparams, dict):   # fire reads --hparams '{"rope": true}' as {'rope': 'true'}
+        defaults = model.default_hparams()
+        hparams = {k: {'true': True, 'false': False}.get(v, v) if isinstance(defaults.get(k), bool) else v
+                   for k, v in hparams.items()}
+    if base is not None and isinstance(hparams, dict):
+        shape = [k for k in model.HPARAM_KEYS if k in hparams]
+        if shape:
+            raise TrainError(f'--hparams cannot set {shape[0]} of a released model, which brings its own shape; '
+                             'use --fresh for a new shape')
+    return model.HParams(base or model.default_hparams()).override_from_dict(hparams, source='--hparams')
 
 
 def train(dataset=None, *, model_name='124M', models_dir='models', fresh=False, hparams=None,
@@ -537,7 +531,7 @@ def train(dataset=None, *, model_name='124M', models_dir='models', fresh=False, 
           epsilon=1e-8, val_fraction=0.05, val_every=100, val_batches=8, sample_every=200, sample_length=100,
           sample_num=1, sample_top_k=40, save_every=500, precision='float32', recompute=False,
           freeze_embeddings=False, xla=False, strategy='auto', seed=0, allow_special=True, progress=True,
-          on_step=None):
+          adapt=False, on_step=None):
     """Fine-tune GPT-2 on a dataset and save OpenAI-layout checkpoints in checkpoint_dir/run_name.
 
     Returns a summary dict (run_dir, step, start_step, losses, val_loss, replicas, tokens_per_second).
@@ -548,7 +542,8 @@ def train(dataset=None, *, model_name='124M', models_dir='models', fresh=False, 
       model_name: the released model to start from, in models_dir (124M, 355M, 774M, 1558M).
       models_dir: the folder holding model folders.
       fresh: start from fresh random weights (with --hparams) instead of a released model.
-      hparams: for --fresh: JSON object or file overriding the 124M shape, e.g. '{"n_layer": 6}'.
+      hparams: JSON object or file: for --fresh, overriding the 124M shape, e.g. '{"n_layer": 6}'; for a
+        released model, a fork's own hyperparameters (those model.default_hparams adds to the five).
       checkpoint_dir: where run folders go.
       run_name: this run's folder in checkpoint_dir; sample with --models_dir CHECKPOINT_DIR --model_name RUN_NAME.
       resume: continue from the run folder's latest checkpoint when it has one (False: refuse to touch it).
@@ -579,6 +574,8 @@ def train(dataset=None, *, model_name='124M', models_dir='models', fresh=False, 
       seed: seed of fresh weights, of the data order, and of the samples (an integer >= 0).
       allow_special: for text datasets: a literal '<|endoftext|>' is the document separator token.
       progress: show a progress bar.
+      adapt: start from a checkpoint of another schema (a fork's new tensors are initialised, tensors it no
+        longer uses are left out; each named in one line); without it, either is an error.
       on_step: (Python callers only) a function on_step(step, loss) called after every step.
     """
     flags = check_flags(**locals())
@@ -637,10 +634,9 @@ def open_run(f):
     elif f.fresh:
         run.hparams = parse_hparams(f.hparams)
     else:
-        if f.hparams is not None:
-            raise TrainError('--hparams applies to --fresh runs; a released model brings its own')
         run.source_dir = checkpoint.model_path(f.model_name, f.models_dir)
         run.hparams = checkpoint.load_hparams(run.source_dir)
+        run.hparams = parse_hparams(f.hparams, base=run.hparams)   # a fork's own settings, if any
     n_ctx = run.hparams['n_ctx']
     run.seq_len = n_ctx if f.seq_len is None else f.seq_len
     if isinstance(run.seq_len, bool) or not isinstance(run.seq_len, int) or not 1 <= run.seq_len <= n_ctx:
@@ -675,7 +671,7 @@ def make_trainer(f, run, strategy):
     """The weights (resumed, fresh or released) and the optimizer state; the run folder is prepared
     (vocabulary copied) for a new run.  None when the run is already at --steps."""
     params = checkpoint.init_params(run.hparams, seed=f.seed) if run.source_dir is None else \
-        checkpoint.load(run.source_dir)[1]
+        checkpoint.load(run.source_dir, hparams=run.hparams, adapt=f.adapt, note=note)[1]
     trainer = Trainer(strategy, run.hparams, params, learning_rate=f.learning_rate, warmup_steps=f.warmup_steps,
                       grad_clip=f.grad_clip, beta1=f.beta1, beta2=f.beta2, epsilon=f.epsilon, precision=f.precision,
                       recompute=f.recompute, freeze_embeddings=f.freeze_embeddings, xla=f.xla, seed=f.seed)

@@ -14,6 +14,7 @@ from conftest import SRC, VOCAB, sharpened_params
 
 import checkpoint
 import cli
+import decode
 import export
 import model
 import sample
@@ -292,10 +293,10 @@ def test_export_failing_midway_leaves_nothing(tiny, tmp_path, monkeypatch):
 def test_draw_under_xla_matches_the_truncated_distribution(monkeypatch, top_k, top_p):
     """XLA's static top-k: a few candidates, more, then the whole vocabulary; each draw must follow the
     exact top-k-then-nucleus distribution (numpy reference), whichever stage answers."""
-    monkeypatch.setattr(export, 'CANDIDATES', (8, 32))   # 211 tokens: every stage is reached by some case
+    monkeypatch.setattr(decode, 'CANDIDATES', (8, 32))   # 211 tokens: every stage is reached by some case
     logits = np.random.default_rng(top_k).normal(0, 2, [1, HPARAMS['n_vocab']]).astype(np.float32)
     rows = 20000
-    draw = tf.function(lambda lg, seed: export.draw(lg, seed, tf.constant(0.8), tf.constant(top_k),
+    draw = tf.function(lambda lg, seed: decode.draw(lg, seed, tf.constant(0.8), tf.constant(top_k),
                                                     tf.constant(top_p)), jit_compile=True, autograph=False)
     drawn = draw(tf.constant(np.repeat(logits, rows, axis=0)), tf.constant([1, 2])).numpy()
     scaled = logits[0] / 0.8

@@ -124,7 +124,7 @@ def test_conv1d_is_the_checkpoint_matmul():
     w = tf.constant(rng.normal(size=(1, 5, 7)).astype(np.float32))
     b = tf.constant(rng.normal(size=7).astype(np.float32))
     expected = np.einsum('bsi,io->bso', x.numpy(), w.numpy()[0]) + b.numpy()
-    np.testing.assert_allclose(model.conv1d(x, w, b).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(model.conv1d(x, {'c/w': w, 'c/b': b}, 'c').numpy(), expected, atol=1e-5)
 
 
 def test_past_may_be_numpy():
@@ -385,3 +385,52 @@ def test_low_precision_forward_stays_finite_and_close(dtype, tol):
     out = tf.cast(out, tf.float32).numpy()
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out, np_gpt2(h, p, tokens), atol=tol * np.abs(out).max())
+
+
+def test_a_fork_adds_typed_hyperparameters_that_round_trip(tmp_path, monkeypatch):
+    """A fork's keys in default_hparams are typed by their defaults and saved only where not at them, so a
+    released model keeps exactly its five keys."""
+    base = model.default_hparams
+    monkeypatch.setattr(model, 'default_hparams', lambda: model.HParams(base(), rope=False, rope_base=1e4, norm='ln'))
+    h = model.default_hparams().override_from_dict(dict(HPARAM_SETS[0], rope=True, rope_base=500))
+    assert h.rope is True and h.rope_base == 500.0 and isinstance(h.rope_base, float) and h.norm == 'ln'
+    for bad, fragment in [({'rope': 1}, 'rope must be bool'), ({'norm': 3}, 'norm must be str'),
+                          ({'rope_base': 'x'}, 'rope_base must be float'), ({'ropes': True}, "unknown key 'ropes'")]:
+        with pytest.raises(model.ModelError, match=fragment):
+            model.default_hparams().override_from_dict(bad)
+    checkpoint.save(str(tmp_path / 'fork'), h, checkpoint.init_params(h))
+    assert json.load(open(tmp_path / 'fork' / 'hparams.json')) == dict(HPARAM_SETS[0], rope=True, rope_base=500.0)
+    assert checkpoint.load(str(tmp_path / 'fork'))[0] == h
+    released = hp(HPARAM_SETS[0])
+    checkpoint.save(str(tmp_path / 'released'), released, checkpoint.init_params(released))
+    assert json.load(open(tmp_path / 'released' / 'hparams.json')) == HPARAM_SETS[0]
+
+
+def test_load_adapts_a_checkpoint_to_a_changed_schema_only_when_asked(tmp_path, monkeypatch):
+    h = hp(HPARAM_SETS[0])
+    saved = checkpoint.init_params(h, seed=4)
+    checkpoint.save(str(tmp_path / 'm'), h, saved)
+    shapes = checkpoint.param_shapes
+
+    def forked(hparams, scope='model'):   # a fork without wpe and with a new gain
+        s = {k: v for k, v in shapes(hparams, scope).items() if k != f'{scope}/wpe'}
+        return dict(s, **{f'{scope}/emb/g': [hparams['n_embd']]})
+    monkeypatch.setattr(checkpoint, 'param_shapes', forked)
+    with pytest.raises(model.ModelError, match='lacks variable model/emb/g .*adapt=True'):
+        checkpoint.load(str(tmp_path / 'm'))
+    notes = []
+    h2, p = checkpoint.load(str(tmp_path / 'm'), adapt=True, note=notes.append, dtype=tf.bfloat16)
+    assert notes == [f'{tmp_path}/m/model.ckpt lacks 1 tensor this model has, initialised afresh: model/emb/g',
+                     f'{tmp_path}/m/model.ckpt has 1 tensor this model does not use, left out: model/wpe']
+    assert list(p) == list(forked(h)) and np.all(p['model/emb/g'].numpy() == 1)
+    assert p['model/emb/g'].dtype == tf.bfloat16 and p['model/h0/ln_1/g'].dtype == tf.float32
+    np.testing.assert_array_equal(tf.cast(p['model/wte'], tf.float32).numpy(),
+                                  tf.cast(tf.cast(saved['model/wte'], tf.bfloat16), tf.float32).numpy())
+
+
+def test_save_never_drops_a_tensor_silently(tmp_path):
+    h = hp(HPARAM_SETS[0])
+    p = dict(checkpoint.init_params(h), **{'model/extra/w': tf.zeros([2])})
+    with pytest.raises(model.ModelError, match=r'does not list \(model/extra/w\)'):
+        checkpoint.save(str(tmp_path / 'm'), h, p)
+    assert not os.path.exists(tmp_path / 'm' / 'checkpoint')

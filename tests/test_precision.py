@@ -13,6 +13,7 @@ import checkpoint
 import cli
 import model
 import sample
+import speed
 import train
 from conftest import TINY_HPARAMS
 
@@ -74,11 +75,10 @@ def test_bfloat16_logits_within_tolerance_of_float32(random_model):
     assert err.max() > 0   # the weights really were rounded
     # The cached decoder's prompt pass and steps, in each step form, against the same float32 reference.
     from test_sample import logits_after_each_token
-    for xla in ([False, True] if sample.xla_available() else [False]):
-        decoder = sample.Decoder(h, xla=xla, dtype=tf.bfloat16)
-        logits = logits_after_each_token(decoder, p16, tokens.astype(np.int32), 17)   # [batch, 4, n_vocab]
+    for form in [(False, False), (True, False), (True, True)] if speed.xla_available() else [(False, False)]:
+        logits = logits_after_each_token(h, p16, tokens.astype(np.int32), 17, form)   # [batch, 4, n_vocab]
         assert logits.dtype == np.float32
-        assert np.abs(logits - ref[:, 16:]).max() < 0.08 * ref.std(), xla
+        assert np.abs(logits - ref[:, 16:]).max() < 0.08 * ref.std(), form
 
 
 def test_greedy_tokens_of_a_trained_model_match_float32(zen):

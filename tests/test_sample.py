@@ -1,6 +1,10 @@
 """sample.py: the cached decoder against full forward passes, truncation against numpy, settings."""
 import gc
+import os
+import subprocess
+import sys
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -10,7 +14,9 @@ import tensorflow as tf
 import model
 
 import checkpoint
+import decode
 import sample
+import speed
 from conftest import sharpened_params
 
 
@@ -121,21 +127,18 @@ def test_two_threads_equal_each_alone(tiny):
 
 
 def test_no_weights_outlive_their_owner(tiny):
-    """Neither the decoder nor the transposed copies keep a caller's weights alive once they are dropped."""
+    """Neither the steps nor the transposed copies keep a caller's weights alive once they are dropped."""
     h, p = tiny
     own = {k: tf.constant(v.numpy()) for k, v in p.items()}
-    sample.sample_sequence(hparams=h, params=own, length=5, context=[[1, 2]], top_k=3, seed=1)
+    sample.sample_sequence(hparams=h, params=own, length=5, context=[[1, 2]], top_k=3, seed=1,
+                           xla=False, transposed_copies=False)
     refs = [weakref.ref(v) for v in own.values()]
-    mine = sum(id(v) in sample._copies for v in own.values())
-    assert mine >= 1   # the blocks' copies under XLA, else wte's
-    # A step that draws the token itself never reads wte's [n_embd, n_vocab] copy, so none is made.
-    draws_in_step = sample.decoder_for(h).draws_in_step(1.0, 3, 1.0)
-    assert (id(own['model/wte']) in sample._copies) == (not draws_in_step)
-    copies = len(sample._copies)
+    assert speed.has_transposed(own['model/wte'])   # the graph step's logits multiply with wte's copy
+    copies = len(speed._copies)
     del own
     gc.collect()
     assert all(r() is None for r in refs)
-    assert len(sample._copies) == copies - mine
+    assert len(speed._copies) == copies - 1
 
 
 # --- prompts of different lengths, text longer than the context --------------------------------------------
@@ -245,11 +248,10 @@ def test_compiled_step_is_traced_once_for_all_shapes(tiny, top_k):
     for batch, n, length in [(1, 3, 5), (2, 9, 30), (5, 1, 2), (1, 40, 8)]:
         sample.sample_sequence(hparams=h, params=p, length=length, context=contexts(h, batch, n), seed=1,
                                top_k=top_k)
-    d = sample.decoder_for(h)
-    if top_k and d.xla:   # the top-k draw is compiled into the XLA step
-        assert d._compiled[('step', 1.0, top_k, 1.0)].experimental_get_tracing_count() == 1
-    else:
-        assert d.logits_step().experimental_get_tracing_count() == 1
+    steps = sample.steps_for(h)
+    traced = {key: c.experimental_get_tracing_count() for key, c in steps._compiled.items()
+              if isinstance(c, speed.Compiled)}
+    assert traced and set(traced.values()) == {1}, traced
 
 
 def test_variables_are_read_at_every_call(tiny):
@@ -292,22 +294,21 @@ def test_top_p_logits_batch(p):
 @pytest.mark.parametrize('temperature,top_k,top_p,candidates', [
     (1, 0, 1, 1024), (2.0, 0, 1, 1024), (0.7, 3, 1, 1024), (1, 0, 0.8, 1024), (1, 3, 0.5, 1024),
     (1, 0, 0.65, 5),  # the nucleus lies within 5 candidates, measured against the whole vocabulary
-    (1, 0, 0.8, 3),   # the nucleus is not within the 3 candidates: the whole vocabulary is sorted
+    (1, 0, 0.8, 3),   # the nucleus is not within the 3 candidates: the next size, then the whole vocabulary
 ])
 @pytest.mark.parametrize('jit', [False, True])
-def test_sampling_distribution(tiny, monkeypatch, temperature, top_k, top_p, candidates, jit):
-    """Frequencies over many rows match softmax(truncate(logits / temperature)), from the graph chooser
-    and from the same draw compiled with XLA (as inside the fused step)."""
+@pytest.mark.parametrize('as_tensors', [False, True])
+def test_sampling_distribution(tiny, monkeypatch, temperature, top_k, top_p, candidates, jit, as_tensors):
+    """Frequencies over many rows match softmax(truncate(logits / temperature)), from decode.draw with the
+    settings as Python numbers (the sampler) and as tensors (export's generate), in a graph and under XLA."""
     h, p = tiny
-    monkeypatch.setattr(sample, 'NUCLEUS_CANDIDATES', candidates)
+    monkeypatch.setattr(decode, 'CANDIDATES', (candidates, 2 * candidates))
     logits = np.full(h.n_vocab, -5.0, np.float32)
     logits[:5] = [2.0, 1.5, 1.0, 0.5, 0.0]
-    if jit:
-        if not sample.xla_available():
-            pytest.skip('XLA is not available in this TensorFlow build')
-        choose = tf.function(lambda x, s: sample.choose(x, s, temperature, top_k, top_p), jit_compile=True)
-    else:
-        choose = sample.Decoder(h).chooser(temperature, top_k, top_p)
+    settings = (temperature, top_k, top_p)
+    if as_tensors:
+        settings = (tf.constant(float(temperature)), tf.constant(top_k), tf.constant(float(top_p)))
+    choose = tf.function(lambda x, s: decode.draw(x, s, *settings), jit_compile=jit or None, autograph=False)
     n = 20000
     tokens = choose(tf.constant(np.tile(logits, [n, 1])), tf.constant([1, 2], tf.int32)).numpy()
     ref = sample.top_p_logits(sample.top_k_logits(tf.constant(logits[None] / temperature), top_k), top_p)
@@ -354,14 +355,17 @@ def test_length_zero_returns_the_context(tiny):
     np.testing.assert_array_equal(out.numpy(), [[1, 2, 3]])
 
 
-def logits_after_each_token(d, p, tokens, n):
+def logits_after_each_token(h, p, tokens, n, form):
     """Logits after tokens[:, :n] (a prefill), then after each further token fed by the compiled step."""
-    weights, cache = d.weights(p), d.new_cache(p['model/wte'].dtype)
+    steps = sample.steps_for(h, p['model/wte'].dtype)
     start = tf.zeros([tokens.shape[0]], tf.int32)
-    logits, pending = d.prefill(weights, cache, tf.constant(tokens[:, :n]), start, 64)
-    out, step = [logits.numpy()], d.logits_step()
+    logits, buffers, pending = decode.prefill(h, p, tf.constant(tokens[:, :n]), start, 64)
+    buffers = [tf.Variable(b, shape=tf.TensorShape([None] * 5)) for b in buffers]
+    out = [logits.numpy()]
+    weights = steps.prepare(p, form, (1.0, 0, 1.0))
+    step = steps._compile(form, None).bind(weights, buffers)
     for i in range(n, tokens.shape[1]):
-        logits, pending = step(weights, cache, pending, tf.constant(tokens[:, i]), tf.constant(i), start)
+        logits, pending = step(pending, tf.constant(tokens[:, i]), tf.constant(i), start)
         out.append(logits.numpy())
     return np.stack(out, axis=1)   # [batch, steps, n_vocab]
 
@@ -371,45 +375,46 @@ def test_step_forms_give_the_logits_of_full_passes(tiny, xla, copies):
     """Each step form (XLA or a plain graph; under XLA, transposed weight copies or not) gives the logits of
     full forward passes."""
     h, p = tiny
-    if xla and not sample.xla_available():
+    if xla and not speed.xla_available():
         pytest.skip('XLA is not available in this TensorFlow build')
-    d = sample.Decoder(h, xla=xla, transposed=copies)
-    assert (len(d.weights(p)['copies']) > 1) == copies   # the blocks' copies besides wte's
+    weights = sample.steps_for(h).prepare(p, (xla, copies), (1.0, 0, 1.0))
+    assert (len(weights['output_major']) > 1) == copies   # the blocks' copies
     tokens = contexts(h, 3, 16, seed=7).astype(np.int32)
     full = model.model(h, tokens, params=p)['logits'].numpy()
-    np.testing.assert_allclose(logits_after_each_token(d, p, tokens, 6), full[:, 5:], atol=1e-4)
+    np.testing.assert_allclose(logits_after_each_token(h, p, tokens, 6, (xla, copies)), full[:, 5:], atol=1e-4)
+
+
+FORMS = {'graph': (False, False), 'xla': (True, False), 'xla+copies': (True, True)}
 
 
 @pytest.mark.parametrize('setting', ['GPT2_XLA', 'GPT2_TRANSPOSED_COPIES'])
 def test_environment_turns_step_forms_off(tiny, monkeypatch, setting):
     h, p = tiny
     monkeypatch.setenv(setting, '0')
-    d = sample.decoder_for(h)
-    assert not d.transposed and (setting != 'GPT2_XLA' or not d.xla)
+    allowed = sample.steps_for(h)._candidates(p, None, None)
+    assert all(not copies for _, copies in allowed) and (setting != 'GPT2_XLA' or allowed == [(False, False)])
     ctx = contexts(h, 2, 5, seed=9)
     out = sample.sample_sequence(hparams=h, params=p, length=10, context=ctx, top_k=1).numpy()
     np.testing.assert_array_equal(out, argmax_loop(h, p, ctx, 10))
 
 
-FORMS = {'graph': {'GPT2_XLA': '0'}, 'xla': {'GPT2_XLA': '1', 'GPT2_TRANSPOSED_COPIES': '0'},
-         'xla+copies': {'GPT2_XLA': '1', 'GPT2_TRANSPOSED_COPIES': '1'}}
-
-
 @pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16])
 def test_every_step_form_gives_the_same_greedy_tokens(tiny, monkeypatch, dtype):
-    """Whichever form the kernel trial picks, the tokens are the same: each form forced in turn."""
+    """Whichever form the kernel trial picks, the tokens are the same: each form named in turn, by the
+    arguments and by the environment."""
     h, p = tiny
-    p = {k: v if '/ln' in k else tf.cast(v, dtype) for k, v in p.items()}
+    p = {k: v if model.stays_float32(k) else tf.cast(v, dtype) for k, v in p.items()}
     ctx = contexts(h, 3, 6, seed=4)
     outs = {}
-    for name, settings in FORMS.items():
+    for name, (xla, copies) in FORMS.items():
+        outs[name] = sample.sample_sequence(hparams=h, params=p, length=20, context=ctx, top_k=1,
+                                            xla=xla, transposed_copies=copies).numpy()
         with monkeypatch.context() as m:
-            for k, v in settings.items():
-                m.setenv(k, v)
-            d = sample.fastest_decoder(h, p, 3, top_k=1)
-            assert (d.xla, d.transposed) == {'graph': (False, False), 'xla': (True, False),
-                                             'xla+copies': (True, True)}[name]
-            outs[name] = sample.sample_sequence(hparams=h, params=p, length=20, context=ctx, top_k=1).numpy()
+            m.setenv('GPT2_XLA', str(int(xla)))
+            m.setenv('GPT2_TRANSPOSED_COPIES', str(int(copies)))
+            assert sample.steps_for(h, dtype)._candidates(p, None, None) == [(xla, copies)]
+            np.testing.assert_array_equal(
+                sample.sample_sequence(hparams=h, params=p, length=20, context=ctx, top_k=1).numpy(), outs[name])
     if dtype == tf.float32:
         for name in FORMS:
             np.testing.assert_array_equal(outs[name], outs['graph'], err_msg=name)
@@ -427,50 +432,81 @@ def test_every_step_form_gives_the_same_greedy_tokens(tiny, monkeypatch, dtype):
                 parted += 1
                 logits = full_logits(h, p32, [a[:differ[0]]])[0]
                 assert abs(logits[a[differ[0]]] - logits[b[differ[0]]]) < 0.03 * logits.std(), name
-    assert parted <= 2, outs
+    assert parted <= 2
 
 
 @pytest.mark.parametrize('copies,winner', [(None, (True, True)), (None, (False, False)), ('0', (True, False))])
 def test_kernel_trial_decides_the_form_and_the_copies(tiny, monkeypatch, copies, winner):
-    """The decoder runs the form the trial timed fastest; the blocks' copies exist only if it uses them."""
+    """The sampler runs the form the trial timed fastest on the real step; the blocks' copies outlive the
+    trial only if that form uses them."""
     h, p = tiny
     own = {k: tf.constant(v.numpy()) for k, v in p.items()}
     monkeypatch.setenv('GPT2_KERNEL_TRIAL', '1')
     if copies is not None:
         monkeypatch.setenv('GPT2_TRANSPOSED_COPIES', copies)
-    monkeypatch.setattr(sample, '_trials', {})
+    steps = sample.steps_for(h)
+    monkeypatch.setattr(steps, 'trials', {})
     timed = []
 
-    def time_step(self, params, rows, in_step):
-        timed.append((self.xla, self.transposed, rows))
-        return 1.0 if (self.xla, self.transposed) == winner else 2.0
-    monkeypatch.setattr(sample.Decoder, 'time_step', time_step)
+    def fastest(forms, run):
+        for form in forms:
+            timed.append(form)
+            run(form)
+        return winner, {form: 1.0 if form == winner else 2.0 for form in forms}
+    monkeypatch.setattr(speed, 'fastest', fastest)
+    ran = []
+    bind = steps._bind
+    monkeypatch.setattr(steps, '_bind', lambda w, b, s, form: (ran.append(form), bind(w, b, s, form))[1])
     ctx = contexts(h, 3, 5, seed=2)
     out = sample.sample_sequence(hparams=h, params=own, length=8, context=ctx, top_k=1).numpy()
     np.testing.assert_array_equal(out, argmax_loop(h, own, ctx, 8))
     # XLA with copies where they can be made, else without; and the graph.  3 rows are timed as 4.
-    assert sorted(timed) == [(False, False, 4), (True, copies is None, 4)]
-    assert sample.step_form(h, own, 4, top_k=1)['form'] == winner
+    assert sorted(timed) == [(False, False), (True, copies is None)]
+    assert ran[-1] == winner
+    assert sample.step_form(h, tf.float32, 3, top_k=1)[0] == winner
     sample.sample_sequence(hparams=h, params=own, length=3, context=ctx, top_k=1)
     assert len(timed) == 2   # remembered for this batch size
-    blocks = [v for k, v in own.items() if k.startswith('model/h') and k.endswith('/w')]
-    assert all((id(w) in sample._copies) == winner[1] for w in blocks)
+    blocks = [v for v in own.values() if v.shape.rank == 3]
+    assert all(speed.has_transposed(w) == winner[1] for w in blocks)
 
 
-def test_kernel_trial_times_each_form_and_keeps_nothing(tiny, monkeypatch):
+def test_kernel_trial_times_the_real_step(tiny, monkeypatch):
+    """The trial (speed.fastest) runs each candidate form of the caller's first step, and keeps the fastest."""
     h, p = tiny
-    own = {k: tf.constant(v.numpy()) for k, v in p.items()}
     monkeypatch.setenv('GPT2_KERNEL_TRIAL', '1')
-    monkeypatch.setattr(sample, '_trials', {})
-    before = len(sample._copies)
-    result = sample.step_form(h, own, 2, top_k=1)
-    assert set(result['estimates']) == {(True, True), (False, False)}
-    assert all(0 < t < 1 for t in result['estimates'].values())
-    assert result['form'] == min(result['estimates'], key=result['estimates'].get)
-    assert len(sample._copies) == before   # the trial's copies are its own
-    # Small models take the rule without a trial; GPT2_KERNEL_TRIAL=0 always; one allowed form needs none.
+    steps = sample.steps_for(h)
+    monkeypatch.setattr(steps, 'trials', {})
+    ctx = contexts(h, 2, 5, seed=3)
+    out = sample.sample_sequence(hparams=h, params=p, length=6, context=ctx, top_k=1).numpy()
+    np.testing.assert_array_equal(out, argmax_loop(h, p, ctx, 6))
+    form, seconds = sample.step_form(h, tf.float32, 2, top_k=1)
+    assert set(seconds) == {(True, True), (False, False)} and all(0 < t < 1 for t in seconds.values())
+    assert form == min(seconds, key=seconds.get)
+    # Small models take the rule without a trial; GPT2_KERNEL_TRIAL=0 always.
+    monkeypatch.setattr(steps, 'trials', {})
     monkeypatch.delenv('GPT2_KERNEL_TRIAL')
-    assert sample.step_form(h, own, 1, top_k=1) == {'form': None, 'estimates': {}}
-    monkeypatch.setenv('GPT2_KERNEL_TRIAL', '1')
-    monkeypatch.setenv('GPT2_XLA', '0')
-    assert sample.step_form(h, own, 1, top_k=1) == {'form': None, 'estimates': {}}
+    sample.sample_sequence(hparams=h, params=p, length=3, context=ctx, top_k=1)
+    assert sample.step_form(h, tf.float32, 2, top_k=1) is None
+
+
+def test_fastest_times_each_form_interleaved():
+    calls = []
+    form, seconds = speed.fastest(['a', 'b'], lambda f: (calls.append(f), time.sleep(0.01 if f == 'a' else 0.03)),
+                                  rounds=2)
+    assert form == 'a' and calls == ['a', 'b'] * 3 and seconds['a'] < seconds['b']
+
+
+def test_recorded_aot_lines_are_hidden_around_a_compiling_call(tmp_path):
+    """speed.compiling(), which the sampler puts around each call that may load a cached step, hides the
+    lines XLA's AOT loader printed on an Intel Xeon loading a healthy entry (tests/data), and nothing else."""
+    recorded = [line for line in open(os.path.join(os.path.dirname(__file__), 'data',
+                                                   'xla-aot-loader-warning-intel.txt')).read().splitlines() if line]
+    code = ('import os, sys, speed\n'
+            'with speed.compiling():\n'
+            '    for line in sys.argv[1:]: os.write(2, line.encode() + b"\\n")\n')
+    env = dict(os.environ, TF_XLA_FLAGS=f'--tf_xla_persistent_cache_directory={tmp_path}', TF_CPP_MIN_LOG_LEVEL='2')
+    run = subprocess.run([sys.executable, '-c', code, *recorded, 'E0000 other.cc:1] a real error'],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=os.path.dirname(speed.__file__))
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines()[-1:] == ['E0000 other.cc:1] a real error']
+    assert not any('cpu_aot_loader' in line for line in run.stderr.splitlines())
