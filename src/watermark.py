@@ -71,8 +71,9 @@ def hash_numpy(key, prev, tokens):
     key = np.asarray(check_key(key), np.uint32)
     prev = np.asarray(prev).astype(np.uint32)
     tokens = np.asarray(tokens).astype(np.uint32)
-    seed = key * np.uint32(GOLDEN) + prev
-    return _fmix32(seed * np.uint32(C1) + tokens)
+    with np.errstate(over='ignore'):   # wrapping mod 2**32 is the point (numpy warns for scalars only)
+        seed = key * np.uint32(GOLDEN) + prev
+        return _fmix32(seed * np.uint32(C1) + tokens)
 
 
 def is_green(key, prev, tokens, gamma):
