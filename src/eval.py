@@ -219,7 +219,8 @@ class Scorer:
         return results
 
 
-def _context_and_stride(hparams, context, stride):
+def context_and_stride(hparams, context, stride):
+    """(context, stride) checked against the model, with the defaults n_ctx and context // 2 (also detect.py's)."""
     context = hparams['n_ctx'] if context is None else context
     if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= hparams['n_ctx']:
         raise EvalError(f'--context must be an integer from 1 to n_ctx={hparams["n_ctx"]}, got {context!r}')
@@ -248,7 +249,7 @@ def _encode(enc, text, hparams):
 def perplexity(hparams, params, enc, documents, detokenizer='none', context=None, stride=None,
                batch_size=4, bos=True, count_line_ends=False, progress=False, scorer=None):
     """Score documents (a list of str); returns a dict of counts, metrics and settings (see the module doc)."""
-    context, stride = _context_and_stride(hparams, context, stride)
+    context, stride = context_and_stride(hparams, context, stride)
     _check_batch_size(batch_size)
     detok = _detokenizer(detokenizer)
     words = nbytes = chars = 0
@@ -302,7 +303,7 @@ def split_last_word(passage):
 def lambada(hparams, params, enc, passages, detokenizer='none', context=None, batch_size=4, bos=True,
             progress=False, scorer=None):
     """Last-word accuracy and perplexity over passages (a list of str); returns a dict (see the module doc)."""
-    context, _ = _context_and_stride(hparams, context, None)
+    context, _ = context_and_stride(hparams, context, None)
     _check_batch_size(batch_size)
     detok = _detokenizer(detokenizer)
     windows, skipped, too_long, truncated = [], 0, 0, 0
@@ -430,7 +431,7 @@ def cbt_texts(example, detok, quotes=True):
 def cbt(hparams, params, enc, examples, detokenizer='none', context=None, batch_size=10, bos=True,
         progress=False, scorer=None):
     """Cloze accuracy over CBT examples (from read_cbt); returns a dict (see the module doc)."""
-    context, _ = _context_and_stride(hparams, context, None)
+    context, _ = context_and_stride(hparams, context, None)
     _check_batch_size(batch_size)
     detok = _detokenizer(detokenizer)
     windows, owner, truncated = [], [], 0
