@@ -538,7 +538,8 @@ def auroc_command(human=None, machine=None, plot=None, json_out=None, model_name
         try:
             texts, _ = _read([path], jsonl=True, flag='--' + flag)
         except ev.EvalError as e:
-            raise cli.UsageError(f'--{flag} takes JSON lines, one {{"text": ...}} per line: {e}'.split('; --format')[0]) from None
+            reason = str(e).split('; --format')[0]   # eval's hint names its own flag
+            raise cli.UsageError(f'--{flag} takes JSON lines, one {{"text": ...}} per line: {reason}') from None
         if not texts:
             raise cli.UsageError(f'--{flag} {path} holds no text')
         sides[flag] = texts
