@@ -140,7 +140,8 @@ def step_function(hparams, params, batch, capacity, form):
     import sample
     dtype = params['model/wte'].dtype
     steps = sample.steps_for(hparams, dtype)
-    settings = (0.0, 0, 1.0)   # greedy
+    import decode
+    settings = decode.Draw(0.0, 0, 1.0)   # greedy
     weights = steps.prepare(params, form, settings)
     extra = sum(w.shape.num_elements() * w.dtype.size for group in ('plain', 'output_major')
                 for k, w in weights[group].items() if w is not params[k])
@@ -215,7 +216,7 @@ def timed(fns, steps, rounds):
 
 def _numpy(out):
     """Wait for a result (a tensor or a tuple of them, as the steps return) by reading it."""
-    return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+    return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out]) if t is not None]
 
 
 def first_call(fn, args):
@@ -265,7 +266,7 @@ def main():
             heads = hparams['n_head']
             pending = tf.zeros([batch, hparams['n_layer'], 2, heads, 1, hparams['n_embd'] // heads], dtype)
             step_args = (pending, tf.zeros([batch], tf.int32), tf.constant(args.pos), tf.zeros([batch], tf.int32),
-                         tf.constant([0, 0]))
+                         tf.constant([0, 0]), None)
             steps, extra, compile_s, caches = {}, {}, {}, []
             for name, form in FORMS.items():
                 fn, extra[name], cache = step_function(hparams, params, batch, args.capacity, form)

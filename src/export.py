@@ -30,6 +30,7 @@ import decode
 import files
 import model
 import speed
+import watermark
 
 VOCAB_FILES = ('encoder.json', 'vocab.bpe')
 VENDORED_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vocab')
@@ -51,7 +52,7 @@ class GPT2(tf.Module):
         self.vocabulary = {f: tf.saved_model.Asset(os.path.join(vocab_dir, f)) for f in VOCAB_FILES}
         self.xla = xla
 
-    def _decode_loop(self, params, buffers, pending, first, n, length, temperature, top_k, top_p, seed):
+    def _decode_loop(self, params, buffers, pending, first, n, length, temperature, top_k, top_p, seed, mark):
         """The new tokens int32 [batch, capacity] (the first `length` of them real) from first [batch], the
         first new token, on: the prompt's n tokens fill slots 0..n-1 of the buffers [batch, 2, heads,
         capacity, head_dim], the last one's keys and values still pending (decode.step).  Under XLA,
@@ -69,7 +70,9 @@ class GPT2(tf.Module):
             new = tf.tensor_scatter_nd_update(new, tf.stack([tf.range(tf.shape(token)[0]), tf.fill(tf.shape(token), i)],
                                                             axis=1), token)
             logits, pending, buffers = decode.step(h, params, buffers, pending, token, n + i, start, matmul, self.xla)
-            token = decode.draw(logits, tf.stack([seed, i + 1]), temperature, top_k, top_p)        # [batch]
+            if mark is not None:
+                logits = watermark.bias_logits(logits, token, *mark)
+            token = decode.draw(logits, tf.stack([seed, i + 1]), temperature, top_k, top_p)[0]     # [batch]
             return i + 1, token, new, pending, buffers
 
         new = tf.zeros([tf.shape(first)[0], tf.shape(buffers[0])[3]], tf.int32)             # [batch, capacity]
@@ -102,12 +105,33 @@ class GPT2(tf.Module):
         out = model.model(self.hparams, tokens, params=self._params())
         return {'logits': tf.cast(out['logits'], tf.float32)}
 
-    @tf.function(autograph=False, input_signature=[
-        tf.TensorSpec([None, None], tf.int32, name='tokens'), tf.TensorSpec([], tf.int32, name='length'),
-        tf.TensorSpec([], tf.float32, name='temperature'), tf.TensorSpec([], tf.int32, name='top_k'),
-        tf.TensorSpec([], tf.float32, name='top_p'), tf.TensorSpec([], tf.int32, name='seed')])
+    SETTINGS = [tf.TensorSpec([None, None], tf.int32, name='tokens'), tf.TensorSpec([], tf.int32, name='length'),
+                tf.TensorSpec([], tf.float32, name='temperature'), tf.TensorSpec([], tf.int32, name='top_k'),
+                tf.TensorSpec([], tf.float32, name='top_p'), tf.TensorSpec([], tf.int32, name='seed')]
+
+    @tf.function(autograph=False, input_signature=SETTINGS)
     def generate(self, tokens, length, temperature, top_k, top_p, seed):
         """{'tokens': int32 [batch, seq + length]}: the prompt tokens and `length` new ones."""
+        return self._generate(tokens, length, temperature, top_k, top_p, seed)
+
+    @tf.function(autograph=False, input_signature=SETTINGS + [
+        tf.TensorSpec([], tf.int32, name='watermark_key'), tf.TensorSpec([], tf.float32, name='watermark_gamma'),
+        tf.TensorSpec([], tf.float32, name='watermark_delta')])
+    def generate_watermarked(self, tokens, length, temperature, top_k, top_p, seed, watermark_key, watermark_gamma,
+                             watermark_delta):
+        """generate, with delta added to the green tokens' logits before temperature, top-k and top-p
+        (watermark.py: the green list after each previous token, docs/research.md)."""
+        checks = [
+            tf.debugging.assert_non_negative(watermark_key, message='watermark_key must be in [0, 2**31)'),
+            tf.debugging.Assert((watermark_gamma > 0) & (watermark_gamma < 1),
+                                ['watermark_gamma must be in (0, 1), got', watermark_gamma]),
+            tf.debugging.Assert(tf.math.is_finite(watermark_delta) & (watermark_delta >= 0),
+                                ['watermark_delta must be >= 0, got', watermark_delta])]
+        with tf.control_dependencies(checks):
+            mark = tuple(tf.identity(t) for t in (watermark_key, watermark_gamma, watermark_delta))
+        return self._generate(tokens, length, temperature, top_k, top_p, seed, mark)
+
+    def _generate(self, tokens, length, temperature, top_k, top_p, seed, mark=None):
         h = self.hparams
         checks = self._check_tokens(tokens, extra=length) + [
             tf.debugging.assert_non_negative(length, message='length must be >= 0'),
@@ -131,9 +155,11 @@ class GPT2(tf.Module):
             capacity = tf.minimum(h['n_ctx'], (n + length + bucket - 1) // bucket * bucket)
             start = tf.zeros([tf.shape(tokens)[0]], tf.int32)
             logits, buffers, pending = decode.prefill(h, params, tokens, start, capacity)
-            first = decode.draw(logits, tf.stack([seed, 0]), temperature, top_k, top_p)
+            if mark is not None:
+                logits = watermark.bias_logits(logits, tokens[:, -1], *mark)
+            first = decode.draw(logits, tf.stack([seed, 0]), temperature, top_k, top_p)[0]
             decode_loop = tf.function(self._decode_loop, autograph=False, jit_compile=self.xla)
-            new = decode_loop(params, buffers, pending, first, n, length, temperature, top_k, top_p, seed)
+            new = decode_loop(params, buffers, pending, first, n, length, temperature, top_k, top_p, seed, mark)
             return tf.concat([tokens, new[:, :length]], axis=1)
         return {'tokens': tf.cond(length > 0, generated, lambda: tokens)}
 
@@ -178,7 +204,8 @@ def export(model_dir, out, precision='float32', version=None, xla=True):
         del params   # the variables hold the weights now; a second copy need not stay in memory
         generate = module.generate.get_concrete_function()
         tf.saved_model.save(module, tmp, signatures={
-            'serving_default': generate, 'generate': generate, 'logits': module.logits.get_concrete_function()})
+            'serving_default': generate, 'generate': generate, 'logits': module.logits.get_concrete_function(),
+            'generate_watermarked': module.generate_watermarked.get_concrete_function()})
         os.rename(tmp, final)
     except BaseException:
         if tmp:

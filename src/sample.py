@@ -18,45 +18,68 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+import controls
 import decode
 import model
 import speed
+import watermark as watermark_lib
 
 
 class SampleError(ValueError):
     """Sampling settings or a context that cannot be used, with the fix."""
 
 
-def sample_sequence(*, hparams, params, length, start_token=None, batch_size=None, context=None,
-                    temperature=1, top_k=0, top_p=1, seed=None, keep=None, xla=None, transposed_copies=None):
-    """Sample `length` tokens after each prompt; returns each prompt followed by its new tokens.
+def sample_sequence(*, return_scores=False, **settings):
+    """Sample `length` tokens after each prompt; returns each prompt followed by its new tokens.  Takes
+    stream_sequence's arguments (see there).
 
-    Give exactly one of `start_token` (with `batch_size`) or `context`: one prompt per row (a list of
-    token lists, which may differ in length; a numpy array or tensor [batch, n]); a single row is
-    repeated batch_size times.  The result is int32 [batch, n + length] when the prompts have equal
-    lengths, else a tf.RaggedTensor [batch, (n_i + length)].
-    temperature=0 or top_k=1 is greedy decoding; top_k=0 and top_p=1 turn those truncations off.
-    `length` may exceed the context: see the module docstring for the cut rule and `keep` (default
-    n_ctx // 2).  The same seed gives the same tokens.
-    xla, transposed_copies: the one-token step's form (True or False each); None (default): the
-    fastest in a timed trial (see step_form); GPT2_XLA and GPT2_TRANSPOSED_COPIES override None.
+    The result is int32 [batch, n + length] when the prompts have equal lengths, else a tf.RaggedTensor
+    [batch, (n_i + length)].  With return_scores, (that, {'logprobs': the model's log-probability of each
+    new token, float32 numpy [batch, length], before temperature, truncation, controls or watermark;
+    'sampled_logprobs': its log-probability under the distribution it was drawn from (0 when greedy)}).
     """
-    rows = _context_rows(hparams, start_token, batch_size, context)
-    columns = list(stream_sequence(hparams=hparams, params=params, length=length, context=rows,
-                                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, keep=keep,
-                                   xla=xla, transposed_copies=transposed_copies))
+    rows = _context_rows(settings['hparams'], settings.pop('start_token', None), settings.pop('batch_size', None),
+                         settings.pop('context', None))
+    columns = list(stream_sequence(context=rows, return_scores=return_scores, **settings))
+    if return_scores:
+        columns, logprobs, sampled = zip(*columns) if columns else ([], [], [])
     new = np.stack(columns, axis=1) if columns else np.zeros([len(rows), 0], np.int32)
     if len({len(r) for r in rows}) == 1:
-        return tf.constant(np.concatenate([np.stack(rows), new], axis=1), tf.int32)
-    full = [np.concatenate([r, n]) for r, n in zip(rows, new)]
-    return tf.RaggedTensor.from_row_lengths(np.concatenate(full), [len(f) for f in full])
+        out = tf.constant(np.concatenate([np.stack(rows), new], axis=1), tf.int32)
+    else:
+        full = [np.concatenate([r, n]) for r, n in zip(rows, new)]
+        out = tf.RaggedTensor.from_row_lengths(np.concatenate(full), [len(f) for f in full])
+    if not return_scores:
+        return out
+    stack = lambda cols: np.stack(cols, axis=1) if cols else np.zeros([len(rows), 0], np.float32)
+    return out, {'logprobs': stack(logprobs), 'sampled_logprobs': stack(sampled)}
 
 
 def stream_sequence(*, hparams, params, length, start_token=None, batch_size=None, context=None,
-                    temperature=1, top_k=0, top_p=1, seed=None, keep=None, xla=None, transposed_copies=None):
-    """Like sample_sequence, but yields each new column of tokens (int32 numpy [batch]) as it is drawn.
-    The arguments are checked at the call, before the first token."""
-    settings = check_settings(temperature, top_k, top_p)
+                    temperature=1, top_k=0, top_p=1, seed=None, keep=None, repetition_penalty=1.0,
+                    no_repeat_ngram_size=0, min_new_tokens=0, typical_p=1.0, min_p=0.0, logit_bias=None,
+                    bad_words_ids=(), watermark=None, watermark_gamma=0.25, watermark_delta=2.0,
+                    return_scores=False, xla=None, transposed_copies=None):
+    """Yield each new column of tokens (int32 numpy [batch]) after the prompts as it is drawn; with
+    return_scores, (tokens, logprobs, sampled_logprobs) columns (see sample_sequence).  The arguments are
+    checked at the call, before the first token.
+
+    Give exactly one of `start_token` (with `batch_size`) or `context`: one prompt per row (a list of
+    token lists, which may differ in length; a numpy array or tensor [batch, n]); a single row is
+    repeated batch_size times.
+    temperature=0 or top_k=1 is greedy decoding; top_k=0 and top_p=1 turn those truncations off.
+    `length` may exceed the context: see the module docstring for the cut rule and `keep` (default
+    n_ctx // 2).  The same seed gives the same tokens.
+    repetition_penalty, no_repeat_ngram_size, min_new_tokens, typical_p, min_p, logit_bias ({token id:
+    bias}, -inf bans) and bad_words_ids (token sequences never completed) are Hugging Face generate's
+    controls (controls.py; docs/sampling.md), off by default; the history they look at is each row's
+    whole text so far, prompt included; min_new_tokens holds back <|endoftext|>, the vocabulary's last id.
+    watermark: a key in [0, 2**31) to watermark the samples (watermark.py, docs/research.md), with
+    watermark_gamma (the green fraction) and watermark_delta (the bias on green tokens' logits).
+    xla, transposed_copies: the one-token step's form (True or False each); None (default): the
+    fastest in a timed trial (see step_form); GPT2_XLA and GPT2_TRANSPOSED_COPIES override None.
+    """
+    temperature, top_k, top_p = check_settings(temperature, top_k, top_p)
     rows = _context_rows(hparams, start_token, batch_size, context)
     if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
         raise SampleError(f'length must be an integer >= 0, got {length!r}')
@@ -72,11 +95,25 @@ def stream_sequence(*, hparams, params, length, start_token=None, batch_size=Non
     for name, value in (('xla', xla), ('transposed_copies', transposed_copies)):
         if value not in (None, True, False):
             raise SampleError(f'{name} must be True, False or None (the timed trial decides), got {value!r}')
+    try:
+        chosen = controls.Controls(repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                                   min_new_tokens=min_new_tokens, eos_id=hparams['n_vocab'] - 1,
+                                   logit_bias=logit_bias, bad_words_ids=bad_words_ids, typical_p=typical_p,
+                                   min_p=min_p)
+        chosen.check(hparams['n_vocab'])
+        marked = None if watermark is None else (watermark_lib.check_key(watermark),
+                                                 watermark_lib.check_gamma(watermark_gamma),
+                                                 watermark_lib.check_delta(watermark_delta))
+    except (controls.ControlsError, watermark_lib.WatermarkError) as e:
+        raise SampleError(str(e)) from None
+    if return_scores not in (True, False):
+        raise SampleError(f'return_scores must be True or False, got {return_scores!r}')
+    d = decode.Draw(temperature, top_k, top_p, chosen if chosen.active else None, marked, return_scores)
     seed = secrets.randbits(31) if seed is None else int(seed)
-    return _stream(hparams, params, rows, int(length), int(keep), settings, seed, (xla, transposed_copies))
+    return _stream(hparams, params, rows, int(length), int(keep), d, seed, (xla, transposed_copies))
 
 
-def _stream(hparams, params, rows, length, keep, settings, seed, forced):
+def _stream(hparams, params, rows, length, keep, d, seed, forced):
     """The generator behind stream_sequence: its own buffers, the shared compiled steps."""
     n_ctx = hparams['n_ctx']
     params = _tensors(params)
@@ -85,14 +122,18 @@ def _stream(hparams, params, rows, length, keep, settings, seed, forced):
     seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
     # Every row's tokens, right-aligned: column `longest` holds each row's first new token.
     longest = max(len(r) for r in rows)
-    tokens = np.zeros([len(rows), longest + length], np.int32)
+    # (columns to a multiple of 64: the controls' history is passed whole, and each width is compiled anew)
+    tokens = np.zeros([len(rows), _round_up(longest + length, 64)], np.int32)
     for tokens_row, row in zip(tokens, rows):
         tokens_row[longest - len(row):longest] = row
+    first = tf.constant([longest - len(r) for r in rows], tf.int32)   # each row's first column: its history
+    history = lambda t, i: (tf.constant(tokens), first, tf.constant(t), tf.constant(i)) if d.needs_history else None
     window = np.array([longest - len(r) for r in rows])   # the column where each row's window starts
     base = start = step = None
     for i, t in enumerate(range(longest, longest + length)):   # draw column t
         cut = t - window > n_ctx
         window[cut] = t - keep
+        prev = tf.constant(tokens[:, t - 1])
         if i == 0 or cut.any():
             # Feed every row's window afresh, left-padded to the longest: slot s holds column base + s.  The
             # prompt pass runs eagerly (its matmuls are large; tracing it would cost more than it saves).
@@ -102,16 +143,17 @@ def _stream(hparams, params, rows, length, keep, settings, seed, forced):
             logits, values, pending = decode.prefill(hparams, params, tf.constant(tokens[:, base:t]), start, capacity)
             for b, v in zip(buffers, values):
                 b.assign(v)
-            token, fresh = steps.draw(settings)(logits, seeds(i)), True
+            token, scores = steps.draw(d, tokens.shape[1])(logits, seeds(i), prev, history(t, i))
+            fresh = True
         else:
-            args = (pending, tf.constant(tokens[:, t - 1]), tf.constant(t - 1 - base, tf.int32), start, seeds(i))
+            args = (pending, prev, tf.constant(t - 1 - base, tf.int32), start, seeds(i), history(t, i))
             with speed.compiling() if fresh else contextlib.nullcontext():   # a new shape: XLA compiles or loads
                 if step is None:   # the step's form, its tracing and its weight copies come after the first token
-                    step = steps.stepper(params, buffers, settings, args, *forced)
-                token, pending = step(*args)
+                    step = steps.stepper(params, buffers, d, args, *forced)
+                token, pending, scores = step(*args)
             fresh = False
         tokens[:, t] = token = token.numpy()
-        yield token
+        yield token if scores is None else (token, scores[0].numpy(), scores[1].numpy())
 
 
 def check_settings(temperature=1, top_k=0, top_p=1):
@@ -219,11 +261,11 @@ def steps_for(hparams, dtype=tf.float32):
 def step_form(hparams, dtype, batch_size, temperature=1, top_k=0, top_p=1):
     """(form, {form: seconds per step}) that the trial chose for this batch size and draw, form being
     (xla, transposed_copies); None where no trial ran (yet)."""
-    return steps_for(hparams, dtype).trials.get(_trial_key(batch_size, check_settings(temperature, top_k, top_p)))
+    temperature, top_k, _ = check_settings(temperature, top_k, top_p)
+    return steps_for(hparams, dtype).trials.get(_trial_key(batch_size, temperature, top_k))
 
 
-def _trial_key(rows, settings):
-    temperature, top_k, _ = settings
+def _trial_key(rows, temperature, top_k):
     return 1 << (int(rows) - 1).bit_length(), temperature == 0 or top_k > 0
 
 
@@ -255,24 +297,33 @@ class Steps:
         return [tf.Variable(tf.zeros([0, 2, h['n_head'], 0, hd], self.dtype), shape=shape, trainable=False)
                 for _ in range(h['n_layer'])]
 
-    def draw(self, settings):
-        """A compiled function (logits [batch, n_vocab], seed [2]) -> next tokens int32 [batch]."""
-        key = ('draw', settings)
+    @staticmethod
+    def _history_specs(d, width):
+        """The specs of the controls' history (decode.choose), `width` columns of tokens, where d needs it."""
+        return [tf.TensorSpec([None, width], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.int32)] if d.needs_history else []
+
+    def draw(self, d, width=None):
+        """A compiled function (logits [batch, n_vocab], seed [2], prev tokens [batch], history or None) ->
+        (next tokens int32 [batch], scores or None), decode.choose with the Draw d (a history `width`
+        columns wide)."""
+        key = ('draw', d, width)
         with self._lock:
             if key not in self._compiled:
-                self._compiled[key] = tf.function(
-                    lambda logits, seed: decode.draw(logits, seed, *settings), autograph=False,
+                choose = tf.function(
+                    lambda logits, seed, prev, *history: decode.choose(logits, seed, d, prev, history), autograph=False,
                     input_signature=[tf.TensorSpec([None, self.hparams['n_vocab']], tf.float32),
-                                     tf.TensorSpec([2], tf.int32)])
+                                     tf.TensorSpec([2], tf.int32), tf.TensorSpec([None], tf.int32)]
+                    + self._history_specs(d, width))
+                self._compiled[key] = lambda logits, seed, prev, history: choose(logits, seed, prev, *(history or ()))
             return self._compiled[key]
 
     @staticmethod
-    def draws_in_step(xla, settings):
+    def draws_in_step(xla, d):
         """Whether the step draws the next token itself: greedy and top-k under XLA (one call per token, and
         XLA's top-k is faster than TensorFlow's).  A draw from the whole vocabulary sorts or samples 50k
         logits, which XLA on CPU does slower, so that runs after the step."""
-        temperature, top_k, _ = settings
-        return xla and (temperature == 0 or top_k > 0)
+        return xla and (d.temperature == 0 or d.top_k > 0)
 
     def prepare(self, params, form, settings):
         """The weights as the step in `form` multiplies with: {'params': the checkpoint's tensors (variables
@@ -301,11 +352,11 @@ class Steps:
                 env['trial'] is None and block_bytes < TRIAL_MIN_BYTES):
             form = self._rule(candidates)
         else:
-            key = _trial_key(len(args[1]), settings)
+            key = _trial_key(len(args[1]), settings.temperature, settings.top_k)
             with self._trial_lock:   # one trial at a time: two at once would time each other
                 if key not in self.trials:
                     made = {form: self.prepare(params, form, settings) for form in candidates}
-                    steps = {form: self._bind(made[form], buffers, settings, form) for form in candidates}
+                    steps = {form: self._bind(made[form], buffers, settings, form, args[-1]) for form in candidates}
                     self.trials[key] = speed.fastest(candidates, lambda form: steps[form](*args)[0].numpy())
                     copied = lambda w: set(w['plain']) | {k for k, v in w['output_major'].items() if v is not params[k]}
                     losers = set().union(*(copied(w) for w in made.values())) - copied(made[self.trials[key][0]])
@@ -313,7 +364,7 @@ class Steps:
                 form = self.trials[key][0]
                 if form not in candidates:
                     form = self._rule(candidates)
-        return self._bind(self.prepare(params, form, settings), buffers, settings, form)
+        return self._bind(self.prepare(params, form, settings), buffers, settings, form, args[-1])
 
     def _candidates(self, params, xla, copies):
         """The (xla, copies) forms allowed: by the arguments, else by GPT2_XLA and GPT2_TRANSPOSED_COPIES."""
@@ -338,32 +389,42 @@ class Steps:
         graph = self.dtype == tf.bfloat16 and not speed.on_gpu() and speed.cpu_has_bfloat16()
         return next((f for f in candidates if f[0] != graph), candidates[0])
 
-    def _bind(self, weights, buffers, settings, form):
-        in_step = self.draws_in_step(form[0], settings)
-        step = self._compile(form, settings if in_step else None).bind(weights, buffers)
+    def _bind(self, weights, buffers, d, form, history=None):
+        """The step in `form` for these weights and buffers: (pending, tokens, pos, start, seed, history) ->
+        (next tokens, pending, scores or None); `history` an example of the history it is given, or None."""
+        in_step = self.draws_in_step(form[0], d)
+        width = None if history is None else history[0].shape[1]
+        step = self._compile(form, d if in_step else None, width).bind(weights, buffers)
         if in_step:
-            return step
-        pick = self.draw(settings)
+            return lambda pending, tokens, pos, start, seed, history: step(pending, tokens, pos, start, seed,
+                                                                           *(history or ()))
+        pick = self.draw(d, width)
 
-        def step_then_draw(pending, tokens, pos, start, seed):
+        def step_then_draw(pending, tokens, pos, start, seed, history):
             logits, pending = step(pending, tokens, pos, start)
-            return pick(logits, seed), pending
+            token, scores = pick(logits, seed, tokens, history)
+            return token, pending, scores
         return step_then_draw
 
-    def _compile(self, form, settings):
-        """The step in `form` as a speed.Compiled: (weights, buffers, pending, tokens, pos, start[, seed]) ->
-        (logits, or the drawn tokens where settings are given, and the next pending), see decode.step."""
+    def _compile(self, form, d, width=None):
+        """The step in `form` as a speed.Compiled: (weights, buffers, pending, tokens, pos, start[, seed,
+        history]) -> (logits, pending), or with a Draw d, (the drawn tokens, pending, scores); see decode.step."""
         xla = form[0]
-        key = (form, settings)
+        key = (form, d, width if d is not None and d.needs_history else None)
         with self._lock:
             if key not in self._compiled:
-                def step(weights, buffers, pending, tokens, pos, start, seed=None):
+                def step(weights, buffers, pending, tokens, pos, start, seed=None, *history):
                     matmul = speed.layout_matmul(model.plain_matmul, weights['plain'], weights['output_major'])
                     logits, pending, _ = decode.step(self.hparams, weights['params'], buffers, pending, tokens, pos,
                                                      start, matmul, xla)
-                    return (logits if settings is None else decode.draw(logits, seed, *settings)), pending
+                    if d is None:
+                        return logits, pending
+                    token, scores = decode.choose(logits, seed, d, tokens, history)
+                    return token, pending, scores
                 h = self.hparams
                 specs = [tf.TensorSpec([None, h['n_layer'], 2, h['n_head'], 1, h['n_embd'] // h['n_head']], self.dtype),
                          tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32), tf.TensorSpec([None], tf.int32)]
-                self._compiled[key] = speed.Compiled(step, xla, specs + ([tf.TensorSpec([2], tf.int32)] if settings else []))
+                if d is not None:
+                    specs += [tf.TensorSpec([2], tf.int32)] + self._history_specs(d, width)
+                self._compiled[key] = speed.Compiled(step, xla, specs)
             return self._compiled[key]

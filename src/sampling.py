@@ -1,12 +1,15 @@
 """What the two sampling scripts share: their flags' documentation and checks, loading the model, and
 printing samples (streamed, cut at <|endoftext|> or at stop strings)."""
+import json
 import os
 
 import numpy as np
 
 import checkpoint
 import cli
+import controls
 import encoder
+import files
 import sample
 
 FLAGS_DOC = """
@@ -41,7 +44,24 @@ FLAGS_DOC = """
         a short timed trial of both on the first step picks the faster (GPT2_XLA=0/1 also decides).
       transposed_copies: under XLA, run the blocks' matmuls on transposed copies of their weights
         (--transposed_copies; faster, costs the blocks' size in memory again, 324 MiB at 124M) or not
-        (--notransposed_copies); by default where they fit in memory (GPT2_TRANSPOSED_COPIES=0/1).{extra}
+        (--notransposed_copies); by default where they fit in memory (GPT2_TRANSPOSED_COPIES=0/1).
+      repetition_penalty: >= 1 (1, default: off): every token already in the text (prompt included) has its
+        logit divided by this where positive, multiplied where negative (CTRL's penalty; Hugging Face's).
+      no_repeat_ngram_size: n > 0 never repeats an n-gram of the text (prompt included); 0 (default): off.
+      min_new_tokens: <|endoftext|> cannot be drawn before this many new tokens (with --stop_at_endoftext).
+      typical_p: typical sampling (Meister et al. 2022) keeps this much probability of the most typical
+        tokens; 1 (default): off.
+      min_p: keep only tokens at least this times as likely as the most likely one; 0 (default): off.
+      ban: a text never to write (every tokenisation of it, with and without a leading space); for
+        several, a list, e.g. --ban '["foo", "bar baz"]'.
+      logit_bias: a JSON object of token id: bias added to its logit, e.g. '{{"50256": "-inf"}}' (-inf bans).
+      watermark: an integer key in [0, 2**31): watermark the samples (Kirchenbauer et al. 2023; detect
+        with python src/detect.py stats --watermark_key KEY; docs/research.md).
+      watermark_gamma: the watermark's green fraction of the vocabulary (default 0.25).
+      watermark_delta: the bias added to green tokens' logits (default 2.0).
+      json_out: also write every sample to this file, one JSON object per line: the prompt, the text, its
+        token ids, their log-probabilities under the model, and its provenance (model, settings, seed,
+        watermark key, "synthetic": true).{extra}
     """
 
 
@@ -88,6 +108,55 @@ def stop_strings(stop):
     return tuple(strings)
 
 
+def decoding(enc, hparams, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, typical_p=1.0,
+             min_p=0.0, ban=None, logit_bias=None, watermark=None, watermark_gamma=0.25, watermark_delta=2.0):
+    """The decoding controls' and watermark's flags as sample_sequence's arguments, checked (one line each)."""
+    if isinstance(logit_bias, dict):   # fire reads --logit_bias '{"198": 2.5}' as a dict
+        logit_bias = json.dumps({str(k): (str(v) if isinstance(v, str) else v) for k, v in logit_bias.items()})
+    bans = ban if isinstance(ban, (list, tuple)) else [] if ban is None else [ban]
+    try:
+        settings = dict(repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                        min_new_tokens=min_new_tokens, typical_p=typical_p, min_p=min_p,
+                        logit_bias=None if logit_bias is None else controls.parse_logit_bias(logit_bias),
+                        bad_words_ids=controls.ban_sequences(enc, [str(b) if not isinstance(b, str) else b
+                                                                   for b in bans]),
+                        watermark=watermark, watermark_gamma=watermark_gamma, watermark_delta=watermark_delta)
+        sample.stream_sequence(hparams=hparams, params=None, length=0, context=[[0]], **settings)   # checks only
+    except (controls.ControlsError, sample.SampleError) as e:
+        raise cli.UsageError(str(e)) from None
+    return settings
+
+
+class Record:
+    """--json_out: every sample as one JSON object per line, the file rewritten whole (atomically) after
+    each batch, so it never holds half a line."""
+
+    def __init__(self, path, provenance):
+        self.path, self.provenance, self.lines = files.expand(path), provenance, []
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise cli.UsageError(f'--json_out {path}: the folder {folder} does not exist or cannot be written')
+
+    def add(self, prompt, text, tokens, logprobs, seed):
+        self.lines.append(json.dumps({'prompt': prompt, 'text': text, 'tokens': tokens,
+                                      'logprobs': [round(float(x), 6) for x in logprobs],
+                                      'provenance': dict(self.provenance, seed=seed)}, ensure_ascii=False))
+
+    def write(self):
+        files.write_atomic(self.path, ''.join(line + '\n' for line in self.lines))
+
+
+def provenance(model_name, models_dir, precision, **settings):
+    """What --json_out records of how the samples were made."""
+    shown = {k: v for k, v in settings.items() if k not in ('hparams', 'params', 'context')}
+    shown['bad_words_ids'] = [list(b) for b in shown.get('bad_words_ids', ())]
+    if shown.get('logit_bias') is not None:
+        shown['logit_bias'] = {str(k): (str(v) if v == float('-inf') else v) for k, v in dict(shown['logit_bias']).items()}
+    return {'model': str(model_name), 'models_dir': str(models_dir), 'precision': precision, 'settings': shown,
+            'watermark_key': settings.get('watermark'), 'generator': 'gpt-2 (TensorFlow 2) src/sample.py',
+            'synthetic': True}
+
+
 def load_model(model_name, models_dir, length, default_length, keep, precision='float32'):
     """(encoder, hparams, params, length, keep) for a sampling script; length None means
     default_length(hparams), keep None half the context; precision: the weights' (checkpoint.load)."""
@@ -103,19 +172,25 @@ def load_model(model_name, models_dir, length, default_length, keep, precision='
     return enc, hparams, params, default_length(hparams) if length is None else length, keep
 
 
-def print_samples(enc, context, number, stop_at_endoftext, stop=(), **settings):
+def print_samples(enc, context, number, stop_at_endoftext, stop=(), record=None, **settings):
     """Draw a sample after each row of context (token lists) and print each under its header, numbered
     from number + 1; a single sample is printed as it is written.  A sample ends at <|endoftext|> (with
     stop_at_endoftext) or before the first of the `stop` strings, neither printed; drawing ends when every
-    sample has.  Returns the last sample's number."""
+    sample has.  record: a Record that gets each sample (its tokens up to where it ended, <|endoftext|>
+    left out).  Returns the last sample's number."""
     eot = enc.eot_token
     streamed = len(context) == 1
     texts = [StopText(stop) for _ in context]
     decoders = [enc.stream_decoder() for _ in context]
-    drawn, ended = [], np.zeros(len(context), bool)
+    drawn, logprobs, ended = [], [], np.zeros(len(context), bool)
+    lengths = np.zeros(len(context), int)   # each sample's tokens until it ended
     if streamed:
         print_header(number + 1)
-    for column in sample.stream_sequence(context=context, **settings):
+    for column in sample.stream_sequence(context=context, return_scores=record is not None, **settings):
+        if record is not None:
+            column, scores, _ = column
+            logprobs.append(scores)
+        lengths[~ended] += 1
         if stop_at_endoftext:
             ended |= column == eot
         drawn.append(column)
@@ -126,10 +201,17 @@ def print_samples(enc, context, number, stop_at_endoftext, stop=(), **settings):
                 print(piece, end='', flush=True)
         if ended.all():
             break   # every sample has ended: no need to draw the rest
+    rows = np.stack(drawn, axis=1).tolist() if drawn else [[]] * len(context)
+    if record is not None:
+        for row, tokens in enumerate(rows):
+            n = lengths[row] - (stop_at_endoftext and eot in tokens[:lengths[row]])
+            record.add(enc.decode(list(context[row])), cut_at_stop(enc.decode(tokens[:n]), stop), tokens[:n],
+                       [lp[row] for lp in logprobs[:n]], settings.get('seed'))
+        record.write()
     if streamed:
         print(texts[0].push(decoders[0].flush()) + texts[0].rest())
         return number + 1
-    for row, tokens in enumerate(np.stack(drawn, axis=1).tolist() if drawn else [[]] * len(context)):
+    for row, tokens in enumerate(rows):
         if stop_at_endoftext and eot in tokens:
             tokens = tokens[:tokens.index(eot)]
         number += 1

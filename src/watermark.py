@@ -113,12 +113,15 @@ def green_mask(key, prev_tokens, n_vocab, gamma):
     """bool [batch, n_vocab]: the green list after each of prev_tokens (int [batch]).
 
     key: a Python int in [0, 2**31) (checked) or an integer scalar tensor (assumed in range);
-    n_vocab: int or scalar tensor; gamma: a Python number in (0, 1).
+    n_vocab: int or scalar tensor; gamma: a Python number in (0, 1) (checked) or a float scalar tensor.
     """
     import tensorflow as tf
     if not tf.is_tensor(key):
         key = check_key(key)
-    limit = threshold(gamma)
+    if tf.is_tensor(gamma):   # as a SavedModel's input: floor(gamma * 2**32) in float64, exact for float32 gamma
+        limit = tf.cast(tf.floor(tf.cast(gamma, tf.float64) * 2.0 ** 32), tf.int64)
+    else:
+        limit = threshold(gamma)
     key = tf.cast(key, tf.int64)
     prev = tf.cast(prev_tokens, tf.int64)                                            # [batch]
     seed = tf.bitwise.bitwise_and(_mulmod(key, GOLDEN) + prev, MASK32)

@@ -297,7 +297,7 @@ def test_draw_under_xla_matches_the_truncated_distribution(monkeypatch, top_k, t
     logits = np.random.default_rng(top_k).normal(0, 2, [1, HPARAMS['n_vocab']]).astype(np.float32)
     rows = 20000
     draw = tf.function(lambda lg, seed: decode.draw(lg, seed, tf.constant(0.8), tf.constant(top_k),
-                                                    tf.constant(top_p)), jit_compile=True, autograph=False)
+                                                    tf.constant(top_p))[0], jit_compile=True, autograph=False)
     drawn = draw(tf.constant(np.repeat(logits, rows, axis=0)), tf.constant([1, 2])).numpy()
     scaled = logits[0] / 0.8
     order = np.argsort(-scaled, kind='stable')[:top_k or None]
@@ -338,3 +338,21 @@ def test_greedy_generate_fills_the_whole_context(exported, tiny):
         top_k=tf.constant(0), top_p=tf.constant(1.0), seed=tf.constant(0))['tokens'].numpy()
     expected = sample.sample_sequence(hparams=h, params=p, length=h.n_ctx - 7, context=ctx, temperature=0).numpy()
     np.testing.assert_array_equal(out, expected)
+
+
+def test_generate_watermarked_draws_what_the_sampler_draws_with_the_same_watermark(exported, tiny):
+    """The generate_watermarked signature: greedy tokens equal sample_sequence's with the same key, gamma and
+    delta (and differ from unwatermarked ones); a bad gamma is refused."""
+    _, (h, p) = tiny
+    m = tf.saved_model.load(exported)
+    ctx = np.random.default_rng(6).integers(0, h.n_vocab, size=(2, 5)).astype(np.int32)
+    settings = dict(tokens=tf.constant(ctx), length=tf.constant(20), temperature=tf.constant(0.0),
+                    top_k=tf.constant(0), top_p=tf.constant(1.0), seed=tf.constant(0))
+    mark = dict(watermark_key=tf.constant(31337), watermark_gamma=tf.constant(0.25), watermark_delta=tf.constant(6.0))
+    out = m.signatures['generate_watermarked'](**settings, **mark)['tokens'].numpy()
+    expected = sample.sample_sequence(hparams=h, params=p, length=20, context=ctx, temperature=0, watermark=31337,
+                                      watermark_gamma=0.25, watermark_delta=6.0).numpy()
+    np.testing.assert_array_equal(out, expected)
+    assert not np.array_equal(out, m.signatures['generate'](**settings)['tokens'].numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match='watermark_gamma must be in'):
+        m.signatures['generate_watermarked'](**settings, **dict(mark, watermark_gamma=tf.constant(1.5)))

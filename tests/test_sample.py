@@ -308,7 +308,7 @@ def test_sampling_distribution(tiny, monkeypatch, temperature, top_k, top_p, can
     settings = (temperature, top_k, top_p)
     if as_tensors:
         settings = (tf.constant(float(temperature)), tf.constant(top_k), tf.constant(float(top_p)))
-    choose = tf.function(lambda x, s: decode.draw(x, s, *settings), jit_compile=jit or None, autograph=False)
+    choose = tf.function(lambda x, s: decode.draw(x, s, *settings)[0], jit_compile=jit or None, autograph=False)
     n = 20000
     tokens = choose(tf.constant(np.tile(logits, [n, 1])), tf.constant([1, 2], tf.int32)).numpy()
     ref = sample.top_p_logits(sample.top_k_logits(tf.constant(logits[None] / temperature), top_k), top_p)
@@ -362,7 +362,7 @@ def logits_after_each_token(h, p, tokens, n, form):
     logits, buffers, pending = decode.prefill(h, p, tf.constant(tokens[:, :n]), start, 64)
     buffers = [tf.Variable(b, shape=tf.TensorShape([None] * 5)) for b in buffers]
     out = [logits.numpy()]
-    weights = steps.prepare(p, form, (1.0, 0, 1.0))
+    weights = steps.prepare(p, form, decode.Draw(1.0, 0, 1.0))
     step = steps._compile(form, None).bind(weights, buffers)
     for i in range(n, tokens.shape[1]):
         logits, pending = step(pending, tf.constant(tokens[:, i]), tf.constant(i), start)
@@ -377,7 +377,7 @@ def test_step_forms_give_the_logits_of_full_passes(tiny, xla, copies):
     h, p = tiny
     if xla and not speed.xla_available():
         pytest.skip('XLA is not available in this TensorFlow build')
-    weights = sample.steps_for(h).prepare(p, (xla, copies), (1.0, 0, 1.0))
+    weights = sample.steps_for(h).prepare(p, (xla, copies), decode.Draw(1.0, 0, 1.0))
     assert (len(weights['output_major']) > 1) == copies   # the blocks' copies
     tokens = contexts(h, 3, 16, seed=7).astype(np.int32)
     full = model.model(h, tokens, params=p)['logits'].numpy()
@@ -456,7 +456,7 @@ def test_kernel_trial_decides_the_form_and_the_copies(tiny, monkeypatch, copies,
     monkeypatch.setattr(speed, 'fastest', fastest)
     ran = []
     bind = steps._bind
-    monkeypatch.setattr(steps, '_bind', lambda w, b, s, form: (ran.append(form), bind(w, b, s, form))[1])
+    monkeypatch.setattr(steps, '_bind', lambda w, b, s, form, h=None: (ran.append(form), bind(w, b, s, form, h))[1])
     ctx = contexts(h, 3, 5, seed=2)
     out = sample.sample_sequence(hparams=h, params=own, length=8, context=ctx, top_k=1).numpy()
     np.testing.assert_array_equal(out, argmax_loop(h, own, ctx, 8))

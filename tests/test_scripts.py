@@ -1,5 +1,6 @@
 """The two sampling scripts, in process (fast) and as subprocesses (flags, exit codes, stdin)."""
 import inspect
+import json
 import io
 import os
 import re
@@ -360,3 +361,33 @@ def test_compiled_steps_are_kept_for_the_next_process(tiny_models_dir, tmp_path)
     assert second.returncode == 0 and second.stdout == first.stdout
     assert first.stderr == second.stderr == "", second.stderr   # no error line from reading the cache
     assert sorted(os.listdir(tmp_path / 'cache' / folder)) == entries   # nothing compiled anew
+
+
+@pytest.mark.parametrize('name', ['generate_unconditional_samples.py', 'interactive_conditional_samples.py'])
+def test_json_out_records_each_sample_with_scores_that_rescoring_gives(tiny_models_dir, tmp_path, name):
+    """--json_out: one object per sample; its log-probs are what detect.py's scorer gives the same tokens
+    afterwards; the provenance says how it was made and that it is synthetic."""
+    import checkpoint
+    import detect
+    out = tmp_path / 'samples.jsonl'
+    args = ['--model_name', 'tiny', '--models_dir', tiny_models_dir, '--length', '20', '--top_k', '5', '--seed', '4',
+            '--nsamples', '2', '--batch_size', '2', '--watermark', '99', '--no_repeat_ngram_size', '2',
+            '--json_out', str(out)]
+    if name.startswith('interactive'):
+        args += ['--prompt', 'Hello there']
+    r = script(name, *args)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    printed = HEADER.split(r.stdout.decode())[2::2]
+    assert len(records) == 2 and [rec['text'] + '\n' for rec in records] == printed[:2]
+    h, p = checkpoint.load(os.path.join(tiny_models_dir, 'tiny'))
+    import encoder
+    enc = encoder.get_encoder('tiny', tiny_models_dir)
+    for rec in records:
+        assert rec['provenance']['synthetic'] is True and rec['provenance']['watermark_key'] == 99
+        assert rec['provenance']['settings']['top_k'] == 5 and rec['provenance']['model'] == 'tiny'
+        assert len(rec['tokens']) == len(rec['logprobs']) == 20 and enc.decode(rec['tokens']) == rec['text']
+        stream = np.array(enc.encode(rec['prompt'], allowed_special='all') + rec['tokens'], np.int32)
+        n = len(rec['tokens'])
+        [again] = detect.Scorer(h, p)([(stream, 0, len(stream) - 1, n)])
+        np.testing.assert_allclose(rec['logprobs'], again['logprob'], atol=1e-4)
