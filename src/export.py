@@ -13,6 +13,8 @@ Signatures:
       the prompt in one pass, then one token per step of a tf.while_loop over fixed-size key/value
       buffers (decode.py, the sampler's core), compiled with XLA (--noxla: a plain graph, for servers without XLA).  temperature 0 or
       top_k 1: greedy; top_k 0 and top_p 1: no truncation; the same seed gives the same tokens.
+  generate_watermarked: generate's inputs and watermark_key int32, watermark_gamma float32, watermark_delta
+      float32 -> tokens, the samples watermarked as the sampler's (watermark.py).
   logits: tokens int32 [batch, seq] -> logits float32 [batch, seq, n_vocab].
 encoder.json and vocab.bpe travel as assets (assets/encoder.json, assets/vocab.bpe).
 """
@@ -238,7 +240,7 @@ def main(model_name='124M', models_dir='models', out=None, precision='float32', 
     path = export(checkpoint.model_path(model_name, models_dir), out or os.path.join('exported', str(model_name)),
                   precision, version, xla)
     print(f'exported {model_name} ({precision}{", XLA" if xla else ""}) to {path} in {time.time() - t0:.1f} s: '
-          f'{folder_size(path) / 2**20:.1f} MiB, signatures generate (= serving_default) and logits')
+          f'{folder_size(path) / 2**20:.1f} MiB, signatures generate (= serving_default), generate_watermarked and logits')
 
 
 if __name__ == '__main__':

@@ -378,8 +378,9 @@ def test_json_out_records_each_sample_with_scores_that_rescoring_gives(tiny_mode
     r = script(name, *args)
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    printed = HEADER.split(r.stdout.decode())[2::2]
-    assert len(records) == 2 and [rec['text'] + '\n' for rec in records] == printed[:2]
+    out = r.stdout.decode().replace('=' * 80 + '\n', '')   # the interactive script's line after each prompt
+    printed = [chunk[1:-1] for chunk in HEADER.split(out)[2::2]]   # between the header and '\n'
+    assert len(records) == 2 and [rec['text'] for rec in records] == printed[:2]
     h, p = checkpoint.load(os.path.join(tiny_models_dir, 'tiny'))
     import encoder
     enc = encoder.get_encoder('tiny', tiny_models_dir)
