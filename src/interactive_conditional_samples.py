@@ -15,7 +15,8 @@ def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, lengt
                    temperature=1, top_k=0, top_p=1, models_dir='models', *, stop_at_endoftext=False, prompt=None,
                    stop=None, keep=None, precision='float32', xla=None, transposed_copies=None, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
                    typical_p=1.0, min_p=0.0, ban=None, logit_bias=None, watermark=None, watermark_gamma=0.25,
-                   watermark_delta=2.0, json_out=None):
+                   watermark_delta=2.0, json_out=None, num_beams=1, length_penalty=1.0,
+                   early_stopping=False, num_return_sequences=1):
     nsamples = cli.integer('nsamples', nsamples, minimum=1)
     batch_size, seed, temperature, top_k, top_p, stop = sampling.check_flags(batch_size, seed, temperature,
                                                                              top_k, top_p, stop)
@@ -23,6 +24,7 @@ def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, lengt
         raise cli.UsageError(f'--prompt must be text, got {prompt!r} ({type(prompt).__name__}); quote it twice, '
                              f'e.g. --prompt \'"1984"\'')
     form = sampling.step_form(xla, transposed_copies)
+    beams = sampling.check_beams(num_beams, length_penalty, early_stopping, num_return_sequences)
     if prompt == '':
         raise cli.UsageError('--prompt is empty; give some text, e.g. --prompt "Once upon a time"')
     enc, hparams, params, length, keep = sampling.load_model(model_name, models_dir, length,
@@ -45,6 +47,10 @@ def interact_model(model_name='124M', seed=None, nsamples=1, batch_size=1, lengt
                   f'{hparams.n_ctx}', file=sys.stderr, flush=True)
             tokens = tokens[-hparams.n_ctx:]
         generated = 0
+        if beams:
+            sampling.print_beams(enc, tokens, 0, beams, hparams, params, min(length, hparams.n_ctx - len(tokens)))
+            print('=' * 80, flush=True)
+            return
         while generated < nsamples:
             rows = min(batch_size, nsamples - generated)
             generated = sampling.print_samples(enc, [tokens] * rows, generated, stop_at_endoftext, stop, record,

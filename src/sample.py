@@ -428,3 +428,81 @@ class Steps:
                     specs += [tf.TensorSpec([2], tf.int32)] + self._history_specs(d, width)
                 self._compiled[key] = speed.Compiled(step, xla, specs)
             return self._compiled[key]
+
+
+# --- beam search ---------------------------------------------------------------------------------------------
+
+def beam_search(*, hparams, params, context, length, num_beams, length_penalty=1.0, early_stopping=False,
+                num_return_sequences=1, stop_at_endoftext=True):
+    """Beam search with Hugging Face generate's semantics (controls.beam_step, controls.BeamHypotheses):
+    each step keeps the num_beams best continuations of each prompt by summed log-probability; a beam that
+    draws <|endoftext|> (the vocabulary's last id; with stop_at_endoftext) is finished, scored as its sum
+    / (its new tokens, <|endoftext|> included) ** length_penalty; early_stopping True, False or "never" as
+    Hugging Face's.  context: prompts (token lists, may differ in length).  Returns, per prompt, the
+    num_return_sequences best as (new tokens, score), best first.  The prompt and length must fit the
+    context: beam search does not cut past it."""
+    rows = _context_rows(hparams, None, None, context)
+    for name, value, low in (('length', length, 1), ('num_beams', num_beams, 1), ('num_return_sequences',
+                                                                                   num_return_sequences, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise SampleError(f'{name} must be an integer >= {low}, got {value!r}')
+    if num_return_sequences > num_beams:
+        raise SampleError(f'num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})')
+    longest, n_ctx = max(len(r) for r in rows), hparams['n_ctx']
+    if longest + length > n_ctx:
+        raise SampleError(f'beam search does not go past the context: prompt {longest} + length {length} > '
+                          f'n_ctx {n_ctx}; lower --length to {n_ctx - longest} or shorten the prompt')
+    try:
+        hyps = [controls.BeamHypotheses(num_beams, length_penalty, early_stopping, len(r) + length, len(r))
+                for r in rows]
+    except controls.ControlsError as e:
+        raise SampleError(str(e)) from None
+    k, eos, params = num_beams, hparams['n_vocab'] - 1, _tensors(params)
+    beam_rows = [r for r in rows for _ in range(k)]                                       # [batch * k]
+    tokens = np.zeros([len(beam_rows), longest + length], np.int32)
+    for tokens_row, row in zip(tokens, beam_rows):
+        tokens_row[longest - len(row):longest] = row
+    start = tf.constant([longest - len(r) for r in beam_rows], tf.int32)
+    capacity = min(n_ctx, _round_up(longest + length, 64))
+    logits, buffers, pending = decode.prefill(hparams, params, tf.constant(tokens[:, :longest]), start, capacity)
+    scores = controls.first_beam_scores(len(rows), k).numpy()
+    done = [False] * len(rows)
+    for i, t in enumerate(range(longest, longest + length)):
+        top_scores, top_tokens, top_beams = (x.numpy() for x in controls.beam_step(
+            tf.nn.log_softmax(logits), tf.constant(scores), k))                          # [batch, 2k] each
+        order, new_tokens, new_scores = [], [], []
+        for b in range(len(rows)):
+            kept = []
+            for j in range(2 * k):
+                if done[b] or len(kept) == k:
+                    break
+                row, token, score = b * k + top_beams[b, j], top_tokens[b, j], top_scores[b, j]
+                if stop_at_endoftext and token == eos:
+                    if j < k:   # Hugging Face: only a candidate among the k best may finish
+                        hyps[b].add(list(rows[b]) + tokens[row, longest:t].tolist() + [eos], float(score))
+                else:
+                    kept.append((row, token, score))
+            kept = kept or [(b * k + beam, 0, 0.0) for beam in range(k)]   # a finished prompt: padding
+            order += [r for r, _, _ in kept]
+            new_tokens += [tok for _, tok, _ in kept]
+            new_scores += [s for _, _, s in kept]
+            done[b] = done[b] or hyps[b].is_done(float(top_scores[b].max()), len(rows[b]) + i + 1)
+        if all(done) or i == length - 1:
+            break
+        tokens = tokens[order]
+        tokens[:, t] = new_tokens
+        scores = np.array(new_scores, np.float32)
+        gather = tf.constant(order, tf.int32)
+        buffers = [tf.gather(b, gather) for b in buffers]   # the beams' caches follow them (a copy per step)
+        logits, pending, buffers = decode.step(hparams, params, buffers, tf.gather(pending, gather),
+                                               tf.constant(new_tokens, tf.int32), tf.constant(t), start)
+    if not all(done):
+        tokens = tokens[order]
+        tokens[:, t] = new_tokens
+        for b in range(len(rows)):
+            if not done[b]:
+                for beam in range(k):
+                    row = b * k + beam
+                    hyps[b].add(list(rows[b]) + tokens[row, longest:t + 1].tolist(), float(new_scores[row]))
+    return [[(tokens_[len(r):], score) for score, tokens_ in h.best()[:num_return_sequences]]
+            for r, h in zip(rows, hyps)]

@@ -59,6 +59,13 @@ FLAGS_DOC = """
         with python src/detect.py stats --watermark_key KEY; docs/research.md).
       watermark_gamma: the watermark's green fraction of the vocabulary (default 0.25).
       watermark_delta: the bias added to green tokens' logits (default 2.0).
+      num_beams: beam search with this many beams (Hugging Face's semantics) instead of sampling; 1
+        (default): off. It prints the best beam per prompt (or --num_return_sequences of them) with its score,
+        ends beams at <|endoftext|>, and does not go past the context.
+      length_penalty: beam search: a finished beam scores sum of log-probs / new tokens ** this (default 1).
+      early_stopping: beam search: stop a prompt once num_beams beams have finished (True), when no running
+        beam can beat them (False, default), or "never" (the exact bound).
+      num_return_sequences: beam search: print this many of the best beams per prompt (default 1).
       json_out: also write every sample to this file, one JSON object per line: the prompt, the text, its
         token ids, their log-probabilities under the model, and its provenance (model, settings, seed,
         watermark key, "synthetic": true).{extra}
@@ -217,6 +224,33 @@ def print_samples(enc, context, number, stop_at_endoftext, stop=(), record=None,
         number += 1
         print_header(number)
         print(cut_at_stop(enc.decode(tokens), stop), flush=True)
+    return number
+
+
+def check_beams(num_beams, length_penalty, early_stopping, num_return_sequences):
+    """The beam search flags as beam_search's arguments (None for num_beams 1: sampling)."""
+    num_beams = cli.integer('num_beams', num_beams, minimum=1)
+    num_return_sequences = cli.integer('num_return_sequences', num_return_sequences, minimum=1)
+    if num_beams == 1:
+        if num_return_sequences != 1:
+            raise cli.UsageError('--num_return_sequences is for beam search: add --num_beams N (N >= it); '
+                                 'for more samples use --nsamples')
+        return None
+    if num_return_sequences > num_beams:
+        raise cli.UsageError(f'--num_return_sequences {num_return_sequences} must be <= --num_beams {num_beams}')
+    length_penalty = cli.number('length_penalty', length_penalty)
+    if early_stopping not in (True, False, 'never'):
+        raise cli.UsageError(f'--early_stopping must be True, False or never, got {early_stopping!r}')
+    return dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+                num_return_sequences=num_return_sequences)
+
+
+def print_beams(enc, tokens, number, beams, hparams, params, length):
+    """Beam search after the prompt tokens; prints the best beams under headers with their scores."""
+    for new, score in sample.beam_search(hparams=hparams, params=params, context=[tokens], length=length, **beams)[0]:
+        number += 1
+        print_header(number)
+        print(f'(beam score {score:.4f}) ' + enc.decode([t for t in new if t != enc.eot_token]), flush=True)
     return number
 
 

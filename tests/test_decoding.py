@@ -240,3 +240,74 @@ def test_bad_control_settings_are_one_line(tiny, kw, fragment):
     with pytest.raises(sample.SampleError) as e:
         sample.sample_sequence(hparams=h, params=p, length=3, context=ROWS, **kw)
     assert fragment in str(e.value) and '\n' not in str(e.value), str(e.value)
+
+
+# --- beam search --------------------------------------------------------------------------------------------
+
+def reference_beams(h, p, rows, length, k, length_penalty=1.0, early_stopping=False, n=1):
+    """Hugging Face's beam search written out over full passes: per prompt, the k best continuations by
+    summed log-prob; a candidate among the k best that draws <|endoftext|> is finished with score
+    sum / new_tokens ** length_penalty; done per early_stopping; at the end the running beams finish too."""
+    eos, results = h.n_vocab - 1, []
+    for row in rows:
+        beams = [(0.0, [])] + [(-1e9, [])] * (k - 1)
+        finished, done = [], False
+        for i in range(length):
+            cands = []
+            for score, new in beams:
+                logp = log_softmax(model.model(h, [list(row) + new], params=p)['logits'][0, -1].numpy())
+                cands += [(score + logp[v], new, v) for v in range(h.n_vocab)]
+            cands.sort(key=lambda c: -c[0])
+            cands = cands[:2 * k]
+            kept = []
+            for j, (score, new, v) in enumerate(cands):
+                if len(kept) == k:
+                    break
+                if v == eos:
+                    if j < k:
+                        finished.append((score / (len(new) + 1) ** length_penalty, new + [v]))
+                        finished = sorted(finished, key=lambda f: -f[0])[:k]
+                else:
+                    kept.append((score, new + [v]))
+            if len(finished) == k:
+                worst = min(f[0] for f in finished)
+                if early_stopping is True or worst >= cands[0][0] / (i + 1) ** length_penalty:
+                    done = True
+                    break
+            beams = kept
+        if not done:
+            for score, new in beams:
+                finished.append((score / len(new) ** length_penalty, new))
+            finished = sorted(finished, key=lambda f: -f[0])[:k]
+        results.append([(new, score) for score, new in sorted(finished, key=lambda f: -f[0])[:n]])
+    return results
+
+
+@pytest.mark.parametrize('k,length_penalty,early_stopping', [(2, 1.0, False), (3, 0.5, True), (3, 2.0, False)])
+def test_beam_search_equals_a_breadth_first_reference_over_full_passes(tiny, k, length_penalty, early_stopping):
+    h, p = tiny
+    rows = [[3, 4, 5], [6, 7, 8, 9, 10, 11, 12], [20]]
+    got = sample.beam_search(hparams=h, params=p, context=rows, length=8, num_beams=k, length_penalty=length_penalty,
+                             early_stopping=early_stopping, num_return_sequences=2)
+    want = reference_beams(h, p, rows, 8, k, length_penalty, early_stopping, n=2)
+    for g, w in zip(got, want):
+        assert [tokens for tokens, _ in g] == [tokens for tokens, _ in w]
+        np.testing.assert_allclose([s for _, s in g], [s for _, s in w], rtol=1e-4, atol=1e-4)
+
+
+def test_beam_search_finishes_beams_at_endoftext(tiny):
+    """With <|endoftext|> made likely, beams finish early and their score counts it as a new token."""
+    h, p = tiny
+    eos = h.n_vocab - 1
+    p2 = dict(p, **{'model/wte': tf.constant(p['model/wte'].numpy() * np.where(
+        np.arange(h.n_vocab)[:, None] == eos, 3.0, 1.0).astype(np.float32))})
+    got = sample.beam_search(hparams=h, params=p2, context=[[3, 4, 5]], length=8, num_beams=3, num_return_sequences=3)
+    want = reference_beams(h, p2, [[3, 4, 5]], 8, 3, n=3)
+    assert [t for t, _ in got[0]] == [t for t, _ in want[0]]
+    assert any(t[-1] == eos and len(t) < 8 for t, _ in got[0]), got
+
+
+def test_beam_search_refuses_to_go_past_the_context(tiny):
+    h, p = tiny
+    with pytest.raises(sample.SampleError, match='does not go past the context'):
+        sample.beam_search(hparams=h, params=p, context=[[1] * 30], length=5, num_beams=2)
