@@ -147,8 +147,8 @@ def step_function(hparams, params, batch, capacity, form):
                 for k, w in weights[group].items() if w is not params[k])
     buffers = steps.new_buffers()
     heads, hd = hparams['n_head'], hparams['n_embd'] // hparams['n_head']
-    for b in buffers:
-        b.assign(tf.zeros([batch, 2, heads, capacity, hd], dtype))
+    for b in tf.nest.flatten(buffers):
+        b.assign(tf.zeros([batch, heads, capacity, hd], dtype))
     return steps._bind(weights, buffers, settings, form), extra, buffers
 
 

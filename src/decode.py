@@ -1,8 +1,8 @@
 """The decode core that sample.py and export.py share: the prompt pass into fixed key/value buffers, the
 one-token step, the buffer write and the draw.  All the network is model.model's.
 
-Buffers: one per layer, keys and values [batch, 2, heads, capacity, head_dim] (tensors, or variables
-written in place).  Slot s of a row holds its token at column base + s; row r's real tokens start at
+Buffers: per layer a pair, keys and values, each [batch, heads, capacity, head_dim] (tensors, or
+variables written in place; kept apart so that attention reads each without slicing a copy out).  Slot s of a row holds its token at column base + s; row r's real tokens start at
 slot start[r] (left padding before).  The step protocol: each step first writes `pending`, the previous
 token's keys and values, at slot pos - 1, then feeds the new token at slot pos, which attends to the
 buffers and to itself; its own keys and values are the next step's pending.  Written before they are
@@ -28,35 +28,36 @@ def prefill(hparams, params, tokens, start, capacity, matmul=None):
     out = model.model(hparams, tokens, past=model.Slots(start), params=params, matmul=matmul, last=True)
     present = out['present']                                                  # [batch, n_layer, 2, heads, n, hd]
     padded = tf.pad(present, [[0, 0], [0, 0], [0, 0], [0, 0], [0, capacity - n], [0, 0]])
-    return out['logits'][:, -1], tf.unstack(padded, axis=1), present[..., -1:, :]
+    return out['logits'][:, -1], [(kv[:, 0], kv[:, 1]) for kv in tf.unstack(padded, axis=1)], present[..., -1:, :]
 
 
 def step(hparams, params, buffers, pending, tokens, pos, start, matmul=None, xla=False):
     """Write pending at slot pos - 1 of each buffer, then feed tokens int32 [batch] at slot pos.
     Returns (logits float32 [batch, n_vocab], the next pending, the buffers as written)."""
-    buffers = [write(b, kv, pos - 1, xla) for b, kv in zip(buffers, tf.unstack(pending, axis=1))]
+    buffers = [(write(k, kv[:, 0], pos - 1, xla), write(v, kv[:, 1], pos - 1, xla))
+               for (k, v), kv in zip(buffers, tf.unstack(pending, axis=1))]               # kv [batch, 2, heads, 1, hd]
     out = model.model(hparams, tokens[:, None], past=model.Slots(start, pos, buffers), params=params,
                       matmul=matmul)
     return out['logits'][:, -1], out['present'], buffers
 
 
 def write(buffer, value, slot, xla=False):
-    """buffer [batch, 2, heads, capacity, hd] with value [batch, 2, heads, 1, hd] at `slot`; a variable is
+    """buffer [batch, heads, capacity, hd] with value [batch, heads, 1, hd] at `slot`; a variable is
     written in place.  Returns the buffer's new value (a tensor).  xla: the step is compiled with XLA,
     where a tensor's update needs XLA's own op (speed.update_slice)."""
     if xla:
         new = speed.update_slice(buffer.read_value() if isinstance(buffer, tf.Variable) else buffer, value,
-                                 [0, 0, 0, slot, 0])
+                                 [0, 0, slot, 0])
         if isinstance(buffer, tf.Variable):
             buffer.assign(new)
         return new
     if isinstance(buffer, tf.Variable):
-        buffer[:, :, :, slot:slot + 1].assign(value)
+        buffer[:, :, slot:slot + 1].assign(value)
         return buffer.read_value()
-    begin = tf.stack([0, 0, 0, slot, 0])
-    return tf.raw_ops.TensorStridedSliceUpdate(input=buffer, begin=begin, end=begin + [0, 0, 0, 1, 0],
-                                               strides=tf.ones([5], tf.int32), value=value,
-                                               begin_mask=0b10111, end_mask=0b10111)
+    begin = tf.stack([0, 0, slot, 0])
+    return tf.raw_ops.TensorStridedSliceUpdate(input=buffer, begin=begin, end=begin + [0, 0, 1, 0],
+                                               strides=tf.ones([4], tf.int32), value=value,
+                                               begin_mask=0b1011, end_mask=0b1011)
 
 
 # --- the draw ------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class GPT2(tf.Module):
             token = decode.draw(logits, tf.stack([seed, i + 1]), temperature, top_k, top_p)[0]     # [batch]
             return i + 1, token, new, pending, buffers
 
-        new = tf.zeros([tf.shape(first)[0], tf.shape(buffers[0])[3]], tf.int32)             # [batch, capacity]
+        new = tf.zeros([tf.shape(first)[0], tf.shape(buffers[0][0])[2]], tf.int32)          # [batch, capacity]
         _, last, new, _, _ = tf.while_loop(lambda i, *_: i < length - 1, step,
                                            [tf.constant(0), first, new, pending, buffers])
         return tf.tensor_scatter_nd_update(new, tf.stack([tf.range(tf.shape(last)[0]),

@@ -139,13 +139,18 @@ def attention_mask(nd, ns):
 def attn(x, params, scope, n_head, past=None, mask=None, matmul=plain_matmul):
     """Masked multi-head self-attention of x [batch, seq, n_embd] over the past's keys and its own.
 
-    past: [batch, 2, heads, past_seq, head_dim], the keys and values of earlier positions.
+    past: [batch, 2, heads, past_seq, head_dim], the keys and values of earlier positions (or the pair of
+    them, each [batch, heads, past_seq, head_dim]).
     mask: bool, broadcastable to [batch, heads, seq, past_seq + seq], True where a position may attend;
     by default causal.  Returns (a [batch, seq, n_embd], present [batch, 2, heads, seq, head_dim])."""
     c = conv1d(x, params, scope + '/c_attn', matmul)
     q, k, v = (split_heads(t, n_head) for t in tf.split(c, 3, axis=2))                 # [batch, heads, seq, hd]
     present = tf.stack([k, v], axis=1)
-    keys, values = ([k], [v]) if past is None else ([past[:, 0], k], [past[:, 1], v])
+    if past is None:
+        keys, values = [k], [v]
+    else:
+        past_k, past_v = past if isinstance(past, tuple) else (past[:, 0], past[:, 1])
+        keys, values = [past_k, k], [past_v, v]
     a = merge_heads(multihead_attn(q, keys, values, mask))
     return conv1d(a, params, scope + '/c_proj', matmul), present
 
@@ -190,8 +195,8 @@ class Slots:
     """A key/value cache of fixed buffers, for decoding in place (the alternative to the original's
     concatenated `past`).
 
-    layers: per layer, keys and values [batch, 2, heads, capacity, head_dim], or None before anything is
-    cached.  start int32 [batch]: row r's first real slot (earlier slots are left padding).  filled: the
+    layers: per layer, the pair (keys, values), each [batch, heads, capacity, head_dim], or None before
+    anything is cached.  start int32 [batch]: row r's first real slot (earlier slots are left padding).  filled: the
     slots written so far; the new tokens are slots filled, filled + 1, ...  Row r attends to its slots
     from start[r] on, up to the token itself, and its positions count from 0 at start[r].  The caller
     writes each call's `present` into the buffers."""
@@ -213,7 +218,7 @@ class Slots:
         own = (new[None, :] <= new[:, None])[None] & (new[None, None, :] >= self.start[:, None, None])
         if self.layers is None:
             return own[:, None]
-        slots = tf.range(tf.shape(self.layers[0])[3])                                    # [capacity]
+        slots = tf.range(tf.shape(self.layers[0][0])[2])                                 # [capacity]
         cached = (slots[None] >= self.start[:, None]) & (slots[None] < self.filled)      # [batch, capacity]
         cached = tf.broadcast_to(cached[:, None], [tf.shape(cached)[0], nd, tf.shape(cached)[1]])
         return tf.concat([cached, tf.broadcast_to(own, [tf.shape(cached)[0], nd, nd])], axis=-1)[:, None]

@@ -141,8 +141,8 @@ def _stream(hparams, params, rows, length, keep, d, seed, forced):
             start = tf.constant(window - base, tf.int32)   # each row's first real slot
             capacity = min(n_ctx, _round_up(t - base + length - i, 64))
             logits, values, pending = decode.prefill(hparams, params, tf.constant(tokens[:, base:t]), start, capacity)
-            for b, v in zip(buffers, values):
-                b.assign(v)
+            for buffer, value in zip(tf.nest.flatten(buffers), tf.nest.flatten(values)):
+                buffer.assign(value)
             token, scores = steps.draw(d, tokens.shape[1])(logits, seeds(i), prev, history(t, i))
             fresh = True
         else:
@@ -290,12 +290,12 @@ class Steps:
         self._lock, self._trial_lock = threading.Lock(), threading.Lock()
 
     def new_buffers(self):
-        """One call's key/value buffers, one variable per layer [batch, 2, heads, capacity, head_dim]."""
+        """One call's key/value buffers: per layer a pair of variables [batch, heads, capacity, head_dim]."""
         h = self.hparams
         hd = h['n_embd'] // h['n_head']
-        shape = tf.TensorShape([None, 2, h['n_head'], None, hd])
-        return [tf.Variable(tf.zeros([0, 2, h['n_head'], 0, hd], self.dtype), shape=shape, trainable=False)
-                for _ in range(h['n_layer'])]
+        shape = tf.TensorShape([None, h['n_head'], None, hd])
+        variable = lambda: tf.Variable(tf.zeros([0, h['n_head'], 0, hd], self.dtype), shape=shape, trainable=False)
+        return [(variable(), variable()) for _ in range(h['n_layer'])]
 
     @staticmethod
     def _history_specs(d, width):
@@ -493,7 +493,7 @@ def beam_search(*, hparams, params, context, length, num_beams, length_penalty=1
         tokens[:, t] = new_tokens
         scores = np.array(new_scores, np.float32)
         gather = tf.constant(order, tf.int32)
-        buffers = [tf.gather(b, gather) for b in buffers]   # the beams' caches follow them (a copy per step)
+        buffers = tf.nest.map_structure(lambda b: tf.gather(b, gather), buffers)   # the caches follow (copied)
         logits, pending, buffers = decode.step(hparams, params, buffers, tf.gather(pending, gather),
                                                tf.constant(new_tokens, tf.int32), tf.constant(t), start)
     if not all(done):

@@ -360,7 +360,7 @@ def logits_after_each_token(h, p, tokens, n, form):
     steps = sample.steps_for(h, p['model/wte'].dtype)
     start = tf.zeros([tokens.shape[0]], tf.int32)
     logits, buffers, pending = decode.prefill(h, p, tf.constant(tokens[:, :n]), start, 64)
-    buffers = [tf.Variable(b, shape=tf.TensorShape([None] * 5)) for b in buffers]
+    buffers = tf.nest.map_structure(lambda b: tf.Variable(b, shape=tf.TensorShape([None] * 4)), buffers)
     out = [logits.numpy()]
     weights = steps.prepare(p, form, decode.Draw(1.0, 0, 1.0))
     step = steps._compile(form, None).bind(weights, buffers)
