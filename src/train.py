@@ -134,6 +134,10 @@ class Batches:
             count = val_batches * batch_size
             self.val_starts = np.linspace(self.n_train, n - need, count).round().astype(np.int64)
 
+    def reseed(self, seed):
+        """Draw the training windows in the order of this seed (a resumed run keeps its own)."""
+        self.seed = seed
+
     def train(self, step):
         """int32 [accumulate, batch_size, seq_len + 1]."""
         rng = np.random.default_rng([self.seed, step])
@@ -210,6 +214,7 @@ class Trainer:
                  beta1=0.9, beta2=0.999, epsilon=1e-8, precision='float32', recompute=False,
                  freeze_embeddings=False, xla=False, seed=0):
         self.strategy, self.hparams = strategy, hparams
+        self.saved_step = None   # the step last saved (or resumed from), see mark_saved
         self.dtype = tf.as_dtype(cli.precision_name(precision))
         self.recompute, self.xla = recompute, xla
         self.lr, self.warmup, self.clip = float(learning_rate), int(warmup_steps), float(grad_clip)
@@ -339,6 +344,10 @@ class Trainer:
             count += b.shape[1] * (b.shape[2] - 1)
         return total / count
 
+    def mark_saved(self, step):
+        """Note that the weights of `step` are on disk (saved, or the checkpoint the run started from)."""
+        self.saved_step = step
+
     def values(self):
         """The weights, name -> float32 tensor (as they would be saved)."""
         return {k: tf.convert_to_tensor(v) for k, v in self.weights.items()}
@@ -384,7 +393,7 @@ def save(trainer, run_dir, hparams):
         trainer.state.write(state_prefix(run_dir, step))
         checkpoint.save(run_dir, hparams, trainer.values(), name=f'model-{step}')
         _prune(run_dir, step)
-        trainer.saved_step = step
+        trainer.mark_saved(step)
     return step
 
 
@@ -697,8 +706,9 @@ def make_trainer(f, run, strategy):
 
 def fit(f, run, batches, trainer):
     """The training loop: steps, validation, samples and saves, until --steps; returns the summary."""
-    batches.seed = int(trainer.seed.numpy())   # a resumed run keeps its own data order
-    step = start_step = trainer.saved_step = int(trainer.step.numpy())
+    batches.reseed(int(trainer.seed.numpy()))   # a resumed run keeps its own data order
+    step = start_step = int(trainer.step.numpy())
+    trainer.mark_saved(step)
     hp, run_dir, chief = run.hparams, run.dir, run.chief
     writer = tf.summary.create_file_writer(os.path.join(run_dir, 'logs')) if chief else None
     enc = encoder_lib.get_encoder(os.path.basename(run_dir), f.checkpoint_dir) if chief and f.sample_every else None
