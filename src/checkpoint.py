@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import files
 import model
+import quantize
 from model import ModelError  # noqa: F401  (checkpoint errors are model errors)
 
 
@@ -105,15 +106,16 @@ def load(model_dir, scope='model', dtype=tf.float32, hparams=None, adapt=False, 
     """Read hparams.json and the latest checkpoint of model_dir.  Returns (hparams, params).
 
     dtype: the weights' precision (tf.float32, tf.bfloat16 or tf.float16); the weights that
-    model.stays_float32 stay float32.  Other dtypes are read and cast a group of tensors at a time, so
-    the float32 weights never all sit in memory at once.  hparams: use these instead of hparams.json's
+    model.stays_float32 stay float32.  tf.int8: the matrices quantised (quantize.py's form, their
+    scales beside them), the rest float32.  Other dtypes than float32 are read and converted a group
+    of tensors at a time, so the float32 weights never all sit in memory at once.  hparams: use these instead of hparams.json's
     (a fork's settings for a released model).  adapt: start this model from a checkpoint of another
     schema (a fork's, or a released one in a fork): tensors the checkpoint lacks are initialised
     (init_params), tensors this model does not use are left out, and each kind is named in one line
     passed to note (default: printed to stderr); without adapt, either is an error."""
     dtype = tf.as_dtype(dtype)
-    if dtype not in (tf.float32, tf.bfloat16, tf.float16):
-        raise model.ModelError(f'load(): dtype must be float32, bfloat16 or float16, got {dtype.name}')
+    if dtype not in (tf.float32, tf.bfloat16, tf.float16, tf.int8):
+        raise model.ModelError(f'load(): dtype must be float32, bfloat16, float16 or int8, got {dtype.name}')
     hparams = load_hparams(model_dir) if hparams is None else hparams
     ckpt = checkpoint_path(model_dir)
     try:
@@ -148,7 +150,9 @@ def load(model_dir, scope='model', dtype=tf.float32, hparams=None, adapt=False, 
     expected = {k: v for k, v in expected.items() if k not in fresh}
     dtypes = reader.get_variable_to_dtype_map()
     params = {}
-    for names in _groups(expected, dtypes, whole=dtype == tf.float32):
+    # (int8: smaller groups, as each matrix is also held transposed in float32 while it is quantised)
+    limit = LOAD_GROUP_BYTES // 4 if dtype == tf.int8 else LOAD_GROUP_BYTES
+    for names in _groups(expected, dtypes, whole=dtype == tf.float32, limit=limit):
         try:
             # One RestoreV2 op reads a group of tensors straight into TensorFlow's memory, in parallel.
             values = tf.raw_ops.RestoreV2(prefix=ckpt, tensor_names=names, shape_and_slices=[''] * len(names),
@@ -157,26 +161,38 @@ def load(model_dir, scope='model', dtype=tf.float32, hparams=None, adapt=False, 
             raise model.ModelError(f'cannot read {ckpt} ({_first_line(e)}); the files may be corrupt, '
                              f'{files.fix_hint(model_dir)}') from None
         for n, v in zip(names, values):
-            want = tf.float32 if model.stays_float32(n) else dtype
-            params[n] = v if v.dtype == want else tf.cast(v, want)
+            params.update(_converted(n, v, dtype))
         del values
     for n, v in fresh.items():
-        params[n] = tf.cast(v, tf.float32 if model.stays_float32(n) else dtype)
-    return hparams, {n: params[n] for n in param_shapes(hparams, scope)}
+        params.update(_converted(n, v, dtype))
+    order = [m for n in param_shapes(hparams, scope) for m in (n, n + model.SCALE)]
+    return hparams, {n: params[n] for n in order if n in params}
+
+
+def _converted(name, v, dtype):
+    """{name: v in the precision load() gives it} (and, for a quantised matrix, its scales)."""
+    if dtype == tf.int8:
+        if not quantize.is_matrix(name, v.shape):
+            return {name: tf.cast(v, tf.float32)}
+        q, scale = quantize.quantize(v)
+        return {name: q, name + model.SCALE: scale}
+    want = tf.float32 if model.stays_float32(name) else dtype
+    return {name: v if v.dtype == want else tf.cast(v, want)}
 
 
 LOAD_GROUP_BYTES = 256 << 20
 
 
-def _groups(shapes, dtypes, whole):
-    """The names in shapes, in groups of at most LOAD_GROUP_BYTES as stored (a larger tensor alone), or
-    all in one group when whole."""
+def _groups(shapes, dtypes, whole, limit=None):
+    """The names in shapes, in groups of at most `limit` bytes as stored (default LOAD_GROUP_BYTES; a
+    larger tensor alone), or all in one group when whole."""
+    limit = LOAD_GROUP_BYTES if limit is None else limit
     if whole:
         return [list(shapes)]
     groups, size = [[]], 0
     for name, shape in shapes.items():
         nbytes = int(np.prod(shape)) * dtypes[name].size
-        if groups[-1] and size + nbytes > LOAD_GROUP_BYTES:
+        if groups[-1] and size + nbytes > limit:
             groups.append([])
             size = 0
         groups[-1].append(name)

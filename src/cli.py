@@ -127,7 +127,8 @@ def number(name, value, minimum=None, maximum=None, allow_none=False, inclusive_
     return float(value)
 
 
-PRECISIONS = ('float32', 'bfloat16', 'float16')   # --precision: the weights' dtype, by its TensorFlow name
+PRECISIONS = ('float32', 'bfloat16', 'float16', 'int8')   # --precision: the weights' dtype, by its TensorFlow name
+FLOAT_PRECISIONS = PRECISIONS[:3]   # what training computes in (int8: 8-bit weights for inference, quantize.py)
 
 
 def precision_name(value, allowed=PRECISIONS):

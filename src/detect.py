@@ -33,7 +33,7 @@ import model
 import watermark
 
 EOT = ev.EOT
-PRECISIONS = ('float32', 'bfloat16')
+PRECISIONS = ('float32', 'bfloat16', 'int8')
 GLTR_LIMITS = (10, 100, 1000)                                     # rank buckets: <= 10, <= 100, <= 1000, rest
 GLTR_COLOURS = ('#ADFF80', '#FFEA80', '#FF9280', '#E5B0FF')       # GLTR's green, yellow, red, purple
 GLTR_LABELS = ('top 10', 'top 100', 'top 1000', 'rest')
@@ -457,7 +457,7 @@ def score_command(*files, jsonl=False, model_name='124M', models_dir='models', p
       jsonl: read each FILE as JSON lines.
       model_name: model folder under models_dir (e.g. 124M).
       models_dir: folder holding the model folders.
-      precision: the weights' precision, float32 or bfloat16 (logits and scores are float32 either way).
+      precision: the weights' precision, float32, bfloat16 or int8 (logits and scores are float32 either way).
       json_out: write JSON lines here, one {"source", "text", "tokens", "stats"} object per text
         (checked before scoring; written atomically); without it, a table goes to stdout.
       html_out: write the GLTR page (one self-contained HTML file) here.
@@ -484,7 +484,7 @@ def stats_command(*files, jsonl=False, model_name='124M', models_dir='models', p
       jsonl: read each FILE as JSON lines.
       model_name: model folder under models_dir (e.g. 124M).
       models_dir: folder holding the model folders.
-      precision: the weights' precision, float32 or bfloat16 (logits and scores are float32 either way).
+      precision: the weights' precision, float32, bfloat16 or int8 (logits and scores are float32 either way).
       json_out: write JSON lines here, one {"source", "text", "tokens", "stats"} object per text
         (checked before scoring; written atomically); without it, a table goes to stdout.
       html_out: write the GLTR page (one self-contained HTML file) here.
@@ -516,7 +516,7 @@ def auroc_command(human=None, machine=None, plot=None, json_out=None, model_name
       json_out: write {"auroc": {statistic: {...}}, "human": [stats], "machine": [stats]} here (one JSON object).
       model_name: model folder under models_dir (e.g. 124M).
       models_dir: folder holding the model folders.
-      precision: the weights' precision, float32 or bfloat16.
+      precision: the weights' precision, float32, bfloat16 or int8 (8-bit weights, quantize.py).
       batch_size: windows per forward pass.
       context: tokens per window (default: the model's n_ctx).
       stride: tokens a window advances (default: context // 2).

@@ -31,6 +31,7 @@ import checkpoint
 import decode
 import files
 import model
+import quantize
 import speed
 import watermark
 
@@ -65,7 +66,9 @@ class GPT2(tf.Module):
             # The blocks' matmuls on transposed copies, made once per call: for a few rows XLA's CPU matmul is
             # faster with the weight as the left operand (the sampler's copies, speed.layout_matmul).
             layouts.update({k: speed.as_matrix_t(w) for k, w in params.items() if w.shape.rank == 3})
-        matmul = speed.layout_matmul(model.plain_matmul, output_major=layouts, barrier=self.xla)
+        layouts = {k: w for k, w in layouts.items() if w.dtype != tf.int8}   # int8: output-major as loaded
+        matmul = speed.layout_matmul(quantize.xla_matmul if self.xla else model.plain_matmul, output_major=layouts,
+                                     barrier=self.xla)
         start = tf.zeros_like(first)
 
         def step(i, token, new, pending, buffers):
@@ -179,7 +182,7 @@ def export(model_dir, out, precision='float32', version=None, xla=True):
     (docs/export.md says what a server then needs); False: a plain TensorFlow graph.  The vocabulary is
     model_dir's encoder.json and vocab.bpe, or the vendored GPT-2 vocabulary when model_dir has none.
     Nothing is left behind when the export fails."""
-    cli.precision_name(precision, ('float32', 'bfloat16'))   # float16 serves only on GPUs: not offered
+    cli.precision_name(precision, ('float32', 'bfloat16', 'int8'))   # float16 serves only on GPUs: not offered
     version = cli.integer('version', version, minimum=1, allow_none=True)
     if not isinstance(xla, bool):
         raise cli.UsageError(f'--xla takes no value (--xla or --noxla), got {xla!r}')
@@ -232,7 +235,7 @@ def main(model_name='124M', models_dir='models', out=None, precision='float32', 
       model_name: folder inside models_dir (124M, 355M, ... or your own, e.g. from train.py)
       models_dir: folder holding the models
       out: where the versions go (default exported/MODEL_NAME); writes OUT/VERSION/
-      precision: float32 or bfloat16 (the weights' type; logits are always float32)
+      precision: float32, bfloat16 or int8 (the weights' type: int8 quantised at load, quantize.py; logits are always float32)
       version: integer version folder; default: one more than the largest there
       xla: compile generate's decoding loop with XLA (default); --noxla for servers without XLA
     """

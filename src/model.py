@@ -101,12 +101,44 @@ def norm(x, g, b, epsilon=1e-5):
 
 def plain_matmul(x, params, name):
     """x [rows, nx] times the matrix stored as `name`: w[0] of a conv1d weight w [1, nx, nf], or wte^T
-    [n_embd, n_vocab] for the logits.  model()'s `matmul` argument replaces this (same signature) to
-    multiply with the weights in another layout."""
+    [n_embd, n_vocab] for the logits; an int8 weight in quantize.py's form.  model()'s `matmul`
+    argument replaces this (same signature) to multiply with the weights in another layout."""
     w = params[name]
+    if w.dtype == tf.int8:
+        return int8_matmul(x, w, params[name + SCALE])
     if name.endswith('/wte'):
         return tf.matmul(x, w, transpose_b=True)
     return x @ w[0]
+
+
+SCALE = '/scale'   # an int8 matrix `name` [nf, nx] (quantize.py) has its float32 scales [nf] at name + SCALE
+
+
+def int8_matmul(x, q, scale, apart=None):
+    """x float32 [rows, nx] times an int8 matrix q [nf, nx] whose row j is column j of the original over
+    scale[j]: x quantised per row the same way (scale max |x_row| / 127), int32 sums, both scales.
+    apart: f(x_q) -> x_q, where the quantised rows must be computed before the matmul (speed.apart)."""
+    top = tf.reduce_max(tf.abs(x), axis=1, keepdims=True)                               # [rows, 1]
+    x_scale = tf.where(top > 0, top / 127, 1.0)
+    x_q = tf.cast(tf.clip_by_value(tf.round(x / x_scale), -127, 127), tf.int8)
+    if apart is not None:
+        x_q = apart(x_q)
+    y = tf.linalg.matmul(x_q, q, transpose_b=True, output_type=tf.int32)                # [rows, nf]
+    return tf.cast(y, tf.float32) * x_scale * scale
+
+
+def embed(params, name, ids):
+    """The rows `ids` of the embedding table `name` (an int8 table: its rows times their scales)."""
+    w = params[name]
+    if w.dtype == tf.int8:
+        return tf.cast(tf.gather(w, ids), tf.float32) * tf.gather(params[name + SCALE], ids)[..., None]
+    return tf.gather(w, ids)
+
+
+def compute_dtype(params, scope='model'):
+    """The precision the network computes in: the weights', float32 for int8 weights."""
+    dtype = params[scope + '/wte'].dtype
+    return tf.float32 if dtype == tf.int8 else dtype
 
 
 def conv1d(x, params, scope, matmul=plain_matmul):
@@ -245,10 +277,12 @@ def model(hparams, X, past=None, params=None, scope='model', *, positions=None, 
     X = tf.cast(X, tf.int32)
     if X.shape.rank != 2:
         raise ModelError(f'model(): X must be [batch, seq], got shape {X.shape}')
+    if dtype is not None and compute_dtype(params, scope) != params[scope + '/wte'].dtype:
+        raise ModelError('model(): dtype= casts float weights; int8 weights compute in float32 (leave dtype out)')
     if dtype is not None:
         params = {k: tf.cast(v, tf.float32 if stays_float32(k) else dtype) for k, v in params.items()}
     if past is not None and not isinstance(past, Slots):
-        past = tf.convert_to_tensor(past, dtype=params[scope + '/wte'].dtype)
+        past = tf.convert_to_tensor(past, dtype=compute_dtype(params, scope))
         if past.shape.rank != 6:
             raise ModelError(f'model(): past must be [batch, n_layer, 2, n_head, past_seq, head_dim], '
                              f'got shape {past.shape}')
@@ -262,7 +296,7 @@ def model(hparams, X, past=None, params=None, scope='model', *, positions=None, 
         positions = past.positions(nd) if isinstance(past, Slots) else positions_for(
             X, 0 if past is None else shape_list(past)[-2])
     mask = past.mask(nd) if isinstance(past, Slots) else None
-    h = tf.gather(params[scope + '/wte'], X) + tf.gather(params[scope + '/wpe'], positions)
+    h = embed(params, scope + '/wte', X) + embed(params, scope + '/wpe', positions)
     presents = []
     for layer in range(hparams['n_layer']):
         layer_scope = f'{scope}/h{layer}'

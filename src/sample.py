@@ -21,6 +21,7 @@ import tensorflow as tf
 import controls
 import decode
 import model
+import quantize
 import speed
 import watermark as watermark_lib
 
@@ -281,10 +282,12 @@ class Steps:
     a power of 2) and kind of draw, and the fastest is kept.  Without a trial (small models, below
     TRIAL_MIN_BYTES of block weights, unless GPT2_KERNEL_TRIAL=1; always with GPT2_KERNEL_TRIAL=0; on GPUs)
     the rule: XLA where available, except bfloat16 weights on a CPU with bfloat16 instructions, which run
-    as a plain graph (oneDNN); the copies under XLA on a CPU."""
+    as a plain graph (oneDNN); the copies under XLA on a CPU.  int8 weights (quantize.py) take the rule:
+    XLA's int8 dot is the fast one, and they need no copies."""
 
     def __init__(self, hparams, dtype):
         self.hparams, self.dtype = hparams, tf.as_dtype(dtype)
+        self.compute = tf.float32 if self.dtype == tf.int8 else self.dtype   # the buffers' and activations'
         self.trials = {}   # _trial_key -> (form, {form: seconds})
         self._compiled = {}
         self._lock, self._trial_lock = threading.Lock(), threading.Lock()
@@ -294,7 +297,7 @@ class Steps:
         h = self.hparams
         hd = h['n_embd'] // h['n_head']
         shape = tf.TensorShape([None, h['n_head'], None, hd])
-        variable = lambda: tf.Variable(tf.zeros([0, h['n_head'], 0, hd], self.dtype), shape=shape, trainable=False)
+        variable = lambda: tf.Variable(tf.zeros([0, h['n_head'], 0, hd], self.compute), shape=shape, trainable=False)
         return [(variable(), variable()) for _ in range(h['n_layer'])]
 
     @staticmethod
@@ -331,7 +334,7 @@ class Steps:
         Copies are made here, once per frozen tensor (speed.transposed): the blocks' matrices under `copies`,
         wte's [n_embd, n_vocab] where the logits leave the step."""
         xla, copies = form
-        if any(isinstance(v, tf.Variable) for v in params.values()):
+        if any(isinstance(v, tf.Variable) for v in params.values()) or self.dtype == tf.int8:
             return {'params': params, 'plain': {}, 'output_major': {}}
         output_major = {}
         if copies:
@@ -374,7 +377,8 @@ class Steps:
         if xla and not speed.xla_available():
             raise SampleError('XLA was asked for (xla=True or GPT2_XLA=1) but this TensorFlow cannot compile '
                               'with it; leave it to the trial or turn it off')
-        frozen = not any(isinstance(v, tf.Variable) for v in params.values())
+        # (int8 weights are quantize.py's output-major form already: no copies)
+        frozen = not any(isinstance(v, tf.Variable) for v in params.values()) and self.dtype != tf.int8
         blocks = [v for v in params.values() if v.shape.rank == 3]
         fit = frozen and not speed.on_gpu() and (
             all(speed.has_transposed(w) for w in blocks) or 2 * sum(map(speed.nbytes, blocks)) < speed.free_memory())
@@ -414,7 +418,8 @@ class Steps:
         with self._lock:
             if key not in self._compiled:
                 def step(weights, buffers, pending, tokens, pos, start, seed=None, *history):
-                    matmul = speed.layout_matmul(model.plain_matmul, weights['plain'], weights['output_major'])
+                    fallback = quantize.xla_matmul if xla and not speed.on_gpu() else model.plain_matmul
+                    matmul = speed.layout_matmul(fallback, weights['plain'], weights['output_major'])
                     logits, pending, _ = decode.step(self.hparams, weights['params'], buffers, pending, tokens, pos,
                                                      start, matmul, xla)
                     if d is None:
@@ -422,7 +427,7 @@ class Steps:
                     token, scores = decode.choose(logits, seed, d, tokens, history)
                     return token, pending, scores
                 h = self.hparams
-                specs = [tf.TensorSpec([None, h['n_layer'], 2, h['n_head'], 1, h['n_embd'] // h['n_head']], self.dtype),
+                specs = [tf.TensorSpec([None, h['n_layer'], 2, h['n_head'], 1, h['n_embd'] // h['n_head']], self.compute),
                          tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32), tf.TensorSpec([None], tf.int32)]
                 if d is not None:
                     specs += [tf.TensorSpec([2], tf.int32)] + self._history_specs(d, width)

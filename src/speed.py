@@ -100,6 +100,13 @@ def _barrier(x):
     return x if ops is None else ops.optimization_barrier(x)[0]
 
 
+def apart(x):
+    """x, computed before what consumes it: XLA on a CPU fuses cheap element-wise producers into a
+    matrix-vector product and recomputes them for each of its outputs (a quantised activation row, once
+    per logit); a conditional it cannot fold (both branches x) makes it compute them once."""
+    return tf.cond(tf.reduce_any(x[:1] != 0), lambda: x, lambda: x)
+
+
 def update_slice(buffer, value, index):
     """buffer with value written at index (one int32 scalar per axis), under XLA: a dynamic-update-slice,
     in place where XLA can."""

@@ -215,7 +215,7 @@ class Trainer:
                  freeze_embeddings=False, xla=False, seed=0):
         self.strategy, self.hparams = strategy, hparams
         self.saved_step = None   # the step last saved (or resumed from), see mark_saved
-        self.dtype = tf.as_dtype(cli.precision_name(precision))
+        self.dtype = tf.as_dtype(cli.precision_name(precision, cli.FLOAT_PRECISIONS))
         self.recompute, self.xla = recompute, xla
         self.lr, self.warmup, self.clip = float(learning_rate), int(warmup_steps), float(grad_clip)
         self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
@@ -610,7 +610,7 @@ def check_flags(**flags):
         value = getattr(f, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise TrainError(f'--{name} must be an integer >= 0 (0 turns it off), got {value!r}')
-    cli.precision_name(f.precision)   # float16 too, also without a GPU: it computes, slowly
+    cli.precision_name(f.precision, cli.FLOAT_PRECISIONS)   # float16 too, also without a GPU: it computes, slowly
     f.val_fraction = cli.number('val_fraction', f.val_fraction, 0, 1, inclusive_max=False)
     f.learning_rate = cli.number('learning_rate', f.learning_rate, 0, inclusive_min=False)
     f.grad_clip = cli.number('grad_clip', f.grad_clip, 0)

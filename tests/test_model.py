@@ -47,9 +47,11 @@ def np_softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def np_gpt2(h, p, tokens):
-    """Reference logits [batch, seq, n_vocab] in float64, one loop per equation."""
+def np_gpt2(h, p, tokens, matmul=None):
+    """Reference logits [batch, seq, n_vocab] in float64, one loop per equation.  matmul: f(x, name) in
+    place of x @ the matrix `name` (w[0], or wte^T for the logits)."""
     p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    mm = matmul or (lambda x, name: x @ (p[name].T if name.endswith('wte') else p[name][0]))
     batch, seq = tokens.shape
     E, H = h['n_embd'], h['n_head']
     d = E // H
@@ -58,7 +60,7 @@ def np_gpt2(h, p, tokens):
     for layer in range(h['n_layer']):
         P = lambda n: p[f'model/h{layer}/{n}']
         a_in = np_layernorm(x, P('ln_1/g'), P('ln_1/b'))
-        qkv = a_in @ P('attn/c_attn/w')[0] + P('attn/c_attn/b')
+        qkv = mm(a_in, f'model/h{layer}/attn/c_attn/w') + P('attn/c_attn/b')
         q, k, v = qkv[..., :E], qkv[..., E:2 * E], qkv[..., 2 * E:]
         heads = []
         for i in range(H):
@@ -66,13 +68,13 @@ def np_gpt2(h, p, tokens):
             scores = qi @ ki.transpose(0, 2, 1) / np.sqrt(d)
             scores = np.where(causal, scores, -np.inf)
             heads.append(np_softmax(scores) @ vi)
-        a = np.concatenate(heads, -1) @ P('attn/c_proj/w')[0] + P('attn/c_proj/b')
+        a = mm(np.concatenate(heads, -1), f'model/h{layer}/attn/c_proj/w') + P('attn/c_proj/b')
         x = x + a
         m_in = np_layernorm(x, P('ln_2/g'), P('ln_2/b'))
-        m = np_gelu(m_in @ P('mlp/c_fc/w')[0] + P('mlp/c_fc/b')) @ P('mlp/c_proj/w')[0] + P('mlp/c_proj/b')
+        m = mm(np_gelu(mm(m_in, f'model/h{layer}/mlp/c_fc/w') + P('mlp/c_fc/b')), f'model/h{layer}/mlp/c_proj/w') + P('mlp/c_proj/b')
         x = x + m
     x = np_layernorm(x, p['model/ln_f/g'], p['model/ln_f/b'])
-    return x @ p['model/wte'].T
+    return mm(x, 'model/wte')
 
 
 def hp(d):

@@ -1,5 +1,4 @@
 """bfloat16 weights: checkpoint.load(dtype=...), the decoder and the --precision flag of the scripts."""
-import codecs
 import json
 import os
 import subprocess
@@ -14,37 +13,10 @@ import cli
 import model
 import sample
 import speed
-import train
-from conftest import TINY_HPARAMS
+from conftest import ZEN
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'src')
 SCRIPTS = ['generate_unconditional_samples.py', 'interactive_conditional_samples.py', 'eval.py']
-# The first lines of the Zen of Python, as `import this` prints it (without printing it).
-ZEN = '\n'.join(codecs.decode(__import__('this').s, 'rot13').splitlines()[:9]) + '\n'
-
-
-@pytest.fixture(scope='module')
-def random_model(tmp_path_factory):
-    """A small random-weight checkpoint with sharpened weights, and its path."""
-    h = model.default_hparams().override_from_dict(dict(n_vocab=211, n_ctx=48, n_embd=64, n_head=4, n_layer=3))
-    rng = np.random.default_rng(0)
-    p = {k: tf.constant(v.numpy() + (rng.normal(0, 0.1, v.shape).astype(np.float32) if k.endswith('/w') else 0))
-         for k, v in checkpoint.init_params(h, seed=4).items()}
-    p['model/wte'] = tf.constant(rng.normal(0, 0.5, p['model/wte'].shape).astype(np.float32))
-    d = str(tmp_path_factory.mktemp('random'))
-    checkpoint.save(d, h, p)
-    return d
-
-
-@pytest.fixture(scope='module')
-def zen(tmp_path_factory):
-    """(models_dir, name, text): a tiny model trained by train.py on the Zen of Python."""
-    tmp = tmp_path_factory.mktemp('zen')
-    (tmp / 'zen.txt').write_text(ZEN)
-    train.train(str(tmp / 'zen.txt'), fresh=True, hparams=TINY_HPARAMS, checkpoint_dir=str(tmp / 'ck'),
-                run_name='zen', steps=80, batch_size=4, seq_len=32, learning_rate=1e-2, warmup_steps=0,
-                val_fraction=0, sample_every=0, save_every=0, progress=False)
-    return str(tmp / 'ck'), 'zen'
 
 
 def test_load_casts_matrices_and_keeps_norms_float32(random_model, monkeypatch):
@@ -56,7 +28,7 @@ def test_load_casts_matrices_and_keeps_norms_float32(random_model, monkeypatch):
         assert v.dtype == (tf.float32 if '/ln_' in name else tf.bfloat16), name
         np.testing.assert_array_equal(v.numpy(), tf.cast(p32[name], v.dtype).numpy())
     assert checkpoint._groups(checkpoint.param_shapes(h), {n: tf.float32 for n in p32}, whole=False)[1:]
-    with pytest.raises(model.ModelError, match='dtype must be float32, bfloat16 or float16'):
+    with pytest.raises(model.ModelError, match='dtype must be float32, bfloat16, float16 or int8'):
         checkpoint.load(random_model, dtype=tf.int32)
 
 
@@ -142,7 +114,7 @@ def test_bad_precision_is_one_line(tiny_models_dir, tmp_path, name):
     (tmp_path / 'd.txt').write_text('some text\n')
     args = (['perplexity', '--data', str(tmp_path / 'd.txt')] if name == 'eval.py' else ['--prompt', 'Hi'] *
             name.startswith('interactive'))
-    for value, message in (('fp8', "--precision must be one of float32, bfloat16, float16, got 'fp8'"),
+    for value, message in (('fp8', "--precision must be one of float32, bfloat16, float16, int8, got 'fp8'"),
                            ('float16', '--precision float16 needs a GPU and none is visible')):
         if value == 'float16' and tf.config.list_physical_devices('GPU'):
             continue   # float16 is valid where a GPU is visible
