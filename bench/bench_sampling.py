@@ -3,6 +3,8 @@
 
     pip install torch==2.13.0 transformers ctranslate2    # the peers; not in requirements.txt
     python bench/bench_sampling.py                        # 124M shape, 32-token prompt, 128 new tokens, top_k 40
+    python bench/bench_sampling.py --workload controls    # the same with repetition_penalty 1.2, no_repeat_ngram_size 3
+    python bench/bench_sampling.py --workload beam        # 4-beam search, batch 1
     python bench/bench_sampling.py --repeats 1 --new 8 --batch_sizes 1 --precision float32   # a smoke run
 
 Random weights of the real 124M shape are written once as an OpenAI checkpoint (what checkpoint.load
@@ -17,7 +19,8 @@ intra_threads, inter_threads=1), so that 'time to first token' counts everything
 imports, loading the weights, tracing or compiling, and the prompt pass.  Every side gets the same
 prompt token ids (np.random.default_rng(1), [batch, --prompt]; CTranslate2 takes them as token strings,
 from its converted vocabulary), draws with top_k and temperature 1, and writes exactly --new tokens per
-row: <|endoftext|> is held back (min_new_tokens / min_length = --new), and each child asserts the count.  Each side runs in each --precision:
+row: <|endoftext|> is held back (min_new_tokens / min_length = --new; beam search does not stop at it),
+and each child asserts the count.  Each side runs in each --precision:
   float32   all three
   bfloat16  ours: checkpoint.load(dtype=...); transformers: model.to(torch.bfloat16); CTranslate2:
             compute_type 'bfloat16', n/a (with a note) where ctranslate2.get_supported_compute_types('cpu')
@@ -27,7 +30,21 @@ row: <|endoftext|> is held back (min_new_tokens / min_length = --new), and each 
             compute_type 'int8' (quantized at load from the float32 conversion; on a CPU it runs as
             int8_float32, which 'form' shows)
 
-Reported per batch size (n/a where a side lacks the precision):
+--workload picks what is drawn:
+  topk      (default) top_k sampling
+  controls  the same with repetition_penalty 1.2 and no_repeat_ngram_size 3 (ours: stream_sequence's;
+            transformers' generate's; CTranslate2's).  Not quite like with like: CTranslate2's
+            generate_tokens feeds the prompt at once (include_prompt_in_result=False), and then its
+            penalty and n-gram ban see only the new tokens, where ours and transformers' see the prompt
+            too (checked with greedy decoding; with include_prompt_in_result=True CTranslate2 agrees
+            with transformers, but feeds the prompt one token per step).  The work per step is alike.
+  beam      4-beam search, batch 1 only, --new tokens, length_penalty 1, early_stopping False, no stop
+            at <|endoftext|> (ours: sample.beam_search, which runs eagerly, so --ours forms do not
+            apply; transformers: generate(num_beams=4, do_sample=False); CTranslate2:
+            generate_batch(beam_size=4)); none of them streams, so first token, decode tok/s and the
+            floor are n/a, and tok/s is --new over the whole warm call
+
+Reported per batch size (n/a where a side lacks the precision or the workload has no such figure):
   first token  seconds from process start to the first new token (cold)
   tok/s        new tokens per second of a second, warm call (prompt pass included)
   decode tok/s new tokens per second after the first one, in that warm call.  CTranslate2's
@@ -36,7 +53,7 @@ Reported per batch size (n/a where a side lacks the precision):
   of floor     decode tok/s as a fraction of the matmul floor's tokens per second: the step's matmuls
                alone (bench_kernels.floor: best of a plain graph and XLA, both weight layouts), timed in
                a child process of its own for each batch size and precision; n/a for a precision that
-               bench_kernels.DTYPES lacks (int8)
+               bench_kernels.DTYPES lacks (int8) and for beam search
   cold total s seconds from process start to the last token of the first call: what a one-off run
                costs, compile included (XLA's compiled steps are kept in a compile cache that the
                run's processes share, files.use_compile_cache, so only the first process compiles)
@@ -65,6 +82,9 @@ sys.path.insert(0, SRC)
 PEERS = ('transformers', 'ctranslate2')
 MODULES = {'transformers': ('torch', 'transformers'), 'ctranslate2': ('ctranslate2', 'torch', 'transformers')}
 PRECISIONS = ('float32', 'bfloat16', 'int8')
+WORKLOADS = ('topk', 'controls', 'beam')
+CONTROLS = dict(repetition_penalty=1.2, no_repeat_ngram_size=3)   # --workload controls, on every side
+BEAMS = 4                                                          # --workload beam
 
 
 def prepare(folder, seed, ctranslate2=False):
@@ -113,7 +133,7 @@ class NotSupported(Exception):
     """A side that lacks a precision: its row is n/a, with this as the reason."""
 
 
-def run_ours(folder, batch, prompt, new, top_k, threads, precision):
+def run_ours(folder, batch, prompt, new, top_k, threads, precision, workload):
     import files
     files.use_compile_cache()   # as the sampling scripts do: before TensorFlow starts
     import numpy as np
@@ -134,18 +154,28 @@ def run_ours(folder, batch, prompt, new, top_k, threads, precision):
     result = {}
     for call in ('cold', 'warm'):
         t0, stamps = time.time(), []
-        for column in sample.stream_sequence(hparams=hparams, params=params, length=new, context=context,
-                                             top_k=top_k, seed=0):
+        if workload == 'beam':
+            (tokens, _), = sample.beam_search(hparams=hparams, params=params, context=[context[0]], length=new,
+                                              num_beams=BEAMS, length_penalty=1.0, early_stopping=False,
+                                              stop_at_endoftext=False)[0]
             stamps.append(time.time())
-            assert column.shape == (batch,), column.shape
+            assert len(tokens) == new, len(tokens)
+        else:
+            for column in sample.stream_sequence(hparams=hparams, params=params, length=new, context=context,
+                                                 top_k=top_k, seed=0, **(CONTROLS if workload == 'controls' else {})):
+                stamps.append(time.time())
+                assert column.shape == (batch,), column.shape
         result[call] = (t0, stamps)
+    if workload == 'beam':
+        result['form'] = 'eager'   # beam_search runs decode.step eagerly, not the sampler's compiled step
+        return result
     chosen = sample.step_form(hparams, params['model/wte'].dtype, batch, top_k=top_k)   # None: forced or the rule
     xla, copies = chosen[0] if chosen else (os.environ.get('GPT2_XLA') != '0', os.environ.get('GPT2_TRANSPOSED_COPIES') == '1')
     result['form'] = ('xla+copies' if copies else 'xla') if xla else 'graph'
     return result
 
 
-def run_transformers(folder, batch, prompt, new, top_k, threads, precision):
+def run_transformers(folder, batch, prompt, new, top_k, threads, precision, workload):
     import numpy as np
     import torch
     torch.set_num_threads(threads)
@@ -170,15 +200,23 @@ def run_transformers(folder, batch, prompt, new, top_k, threads, precision):
             pass
 
     ids = torch.tensor(np.random.default_rng(1).integers(0, 50257, size=(batch, prompt)))
+    if workload == 'beam':   # generate takes no streamer with beams: the whole call is timed
+        ids = ids[:1]
+        settings = dict(num_beams=BEAMS, do_sample=False, early_stopping=False, length_penalty=1.0)
+    else:
+        settings = dict(do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0,
+                        **(CONTROLS if workload == 'controls' else {}))
     result = {}
     for call in ('cold', 'warm'):
         torch.manual_seed(0)
         streamer, t0 = Stamps(), time.time()
         with torch.inference_mode():
-            out = peer.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=top_k, top_p=1.0,
-                                temperature=1.0, max_new_tokens=new, min_new_tokens=new, use_cache=True,
-                                pad_token_id=50256, streamer=streamer)
-        assert out.shape == (batch, prompt + new), out.shape
+            out = peer.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                                use_cache=True, pad_token_id=50256,
+                                streamer=None if workload == 'beam' else streamer, **settings)
+        if workload == 'beam':
+            streamer.stamps.append(time.time())
+        assert out.shape == (len(ids), prompt + new), out.shape
         result[call] = (t0, streamer.stamps)
     return result
 
@@ -199,7 +237,7 @@ def ct2_generator(folder, precision, threads):
         return load('int8_float32')
 
 
-def run_ctranslate2(folder, batch, prompt, new, top_k, threads, precision):
+def run_ctranslate2(folder, batch, prompt, new, top_k, threads, precision, workload):
     import numpy as np
     import ctranslate2
     generator = ct2_generator(folder, precision, threads)
@@ -207,21 +245,28 @@ def run_ctranslate2(folder, batch, prompt, new, top_k, threads, precision):
         vocabulary = json.load(f)   # id -> token string, as the converter wrote it
     ids = np.random.default_rng(1).integers(0, 50257, size=(batch, prompt))
     tokens = [[vocabulary[i] for i in row] for row in ids]
+    # Exactly `new` tokens: <|endoftext|> cannot end a row before min_length, and max_length ends them all
+    # (both count new tokens only, with the prompt forwarded at once: include_prompt_in_result=False).
+    lengths = dict(max_length=new, min_length=new, include_prompt_in_result=False)
     result = {}
     for call in ('cold', 'warm'):
         ctranslate2.set_random_seed(0)
         t0, stamps = time.time(), []
-        # generate_tokens streams every row: one result per row and step, the rows of a step together.
-        # Exactly `new` tokens: <|endoftext|> cannot end a row before min_length, and max_length ends them
-        # all (both count new tokens only: generate_tokens forwards the prompt at once).
-        rows = [0] * batch
-        for step in generator.generate_tokens(tokens, sampling_topk=top_k, sampling_temperature=1.0,
-                                              max_length=new, min_length=new):
-            assert step.step == rows[step.batch_id] and step.token_id != 50256, (step.step, step.token_id)
-            rows[step.batch_id] += 1
-            if rows.count(step.step + 1) == batch:   # the step's last row
-                stamps.append(time.time())
-        assert rows == [new] * batch, rows
+        if workload == 'beam':   # beam search returns at the end (generate_tokens is greedy or sampling only)
+            out = generator.generate_batch(tokens[:1], beam_size=BEAMS, length_penalty=1.0, **lengths)
+            stamps.append(time.time())
+            assert len(out[0].sequences_ids[0]) == new, len(out[0].sequences_ids[0])
+        else:
+            # generate_tokens streams every row: one result per row and step, the rows of a step together.
+            rows = [0] * batch
+            for step in generator.generate_tokens(tokens, sampling_topk=top_k, sampling_temperature=1.0,
+                                                  max_length=new, min_length=new,
+                                                  **(CONTROLS if workload == 'controls' else {})):
+                assert step.step == rows[step.batch_id] and step.token_id != 50256, (step.step, step.token_id)
+                rows[step.batch_id] += 1
+                if rows.count(step.step + 1) == batch:   # the step's last row
+                    stamps.append(time.time())
+            assert rows == [new] * batch, rows
         result[call] = (t0, stamps)
     result['form'] = generator.compute_type
     # Freed here, not at exit: a Generator that streamed (a callback) and is still alive when the interpreter
@@ -260,16 +305,19 @@ def child(args):
             print(json.dumps({'floor_s': run_floor(args.batch, args.threads, args.precision)}))
             return
         fn = {'transformers': run_transformers, 'ctranslate2': run_ctranslate2}.get(args.child, run_ours)
-        result = fn(args.folder, args.batch, args.prompt, args.new, args.top_k, args.threads, args.precision)
+        result = fn(args.folder, args.batch, args.prompt, args.new, args.top_k, args.threads, args.precision,
+                    args.workload)
     except NotSupported as e:
         print(json.dumps({'na': str(e)}))
         return
     (t0c, cold), (t0, warm) = result['cold'], result['warm']
-    assert len(cold) == len(warm) == args.new, (len(cold), len(warm))
+    beam = args.workload == 'beam'   # one stamp, at the end of the call
+    assert len(cold) == len(warm) == (1 if beam else args.new), (len(cold), len(warm))
+    rows = 1 if beam else args.batch
     print(json.dumps({
-        'first_token_s': cold[0] - args.started,
-        'tok_s': args.batch * args.new / (warm[-1] - t0),
-        'decode_tok_s': args.batch * (args.new - 1) / (warm[-1] - warm[0]),
+        'first_token_s': None if beam else cold[0] - args.started,
+        'tok_s': rows * args.new / (warm[-1] - t0),
+        'decode_tok_s': None if beam else args.batch * (args.new - 1) / (warm[-1] - warm[0]),
         'cold_total_s': cold[-1] - args.started,
         'peak_gib': peak_rss() / 2**30,
         'form': result.get('form', ''),
@@ -297,7 +345,7 @@ def child_env(who, folder):
 
 def measure(who, folder, batch, precision, args):
     cmd = [sys.executable, os.path.abspath(__file__), '--child', who, '--folder', folder, '--batch', str(batch),
-           '--precision', precision,
+           '--precision', precision, '--workload', args.workload,
            '--prompt', str(args.prompt), '--new', str(args.new), '--top_k', str(args.top_k),
            '--threads', str(args.threads), '--started', repr(time.time())]
     out = subprocess.run(cmd, capture_output=True, text=True, env=child_env(who, folder))
@@ -338,6 +386,8 @@ def main():
     ap.add_argument('--ours', default='trial',
                     help='comma-separated forms of our step: trial (the kernel trial chooses), graph, xla, xla+copies')
     ap.add_argument('--peers', default=','.join(PEERS), help='comma-separated peers: transformers, ctranslate2')
+    ap.add_argument('--workload', default='topk', choices=WORKLOADS,
+                    help='topk sampling, the same with controls (repetition penalty, n-gram ban), or 4-beam search')
     ap.add_argument('--json', help='also write the results here')
     ap.add_argument('--child', help=argparse.SUPPRESS)
     ap.add_argument('--folder', help=argparse.SUPPRESS)
@@ -362,6 +412,12 @@ def main():
             peers.remove(peer)
             notes.append(f'{peer} left out: {", ".join(missing)} cannot be imported (pip install {" ".join(missing)})')
     batch_sizes = [int(b) for b in args.batch_sizes.split(',')]
+    if args.workload == 'beam':
+        if batch_sizes != [1]:
+            notes.append('beam search runs at batch 1 only: --batch_sizes ignored')
+        if forms != ['trial']:
+            notes.append('beam search runs eagerly (sample.beam_search): --ours forms do not apply')
+        batch_sizes, forms = [1], ['trial']
     for note in notes:
         print(f'note: {note}')
     import bench_kernels
@@ -382,12 +438,15 @@ def main():
                         rs.append(measure(who, folder, batch, p, args))
             med = {key: median(rs) for key, rs in runs.items()}
             floors = {p: measure('floor', folder, batch, p, args)['floor_s']
-                      if p in bench_kernels.DTYPES else None for p in precisions}
+                      if p in bench_kernels.DTYPES and args.workload != 'beam' else None for p in precisions}
             rows.append((batch, med, floors))
 
     print(f'CPU: {bench_kernels.cpu_model()}')
+    workload = {'topk': f'top_k {args.top_k}',
+                'controls': f'top_k {args.top_k}, repetition_penalty 1.2, no_repeat_ngram_size 3',
+                'beam': f'{BEAMS}-beam search'}[args.workload]
     print(f'GPT-2 124M shape, {args.threads} threads, prompt {args.prompt}, {args.new} new tokens, '
-          f'top_k {args.top_k}, median of {args.repeats} processes each')
+          f'{workload}, median of {args.repeats} processes each')
     print(f'{"batch":>5} {"":>16} {"precision":>9} {"first token s":>14} {"tok/s":>8} {"decode tok/s":>13} '
           f'{"of floor":>9} {"cold total s":>13} {"peak GiB":>9}  form')
     for batch, med, floors in rows:
@@ -416,7 +475,7 @@ def main():
                           f'{cell(ratio(o["peak_gib"], b["peak_gib"]), ".2f", 9, "x")}  (ours in {p} / {peer} in {q})')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump([{'batch': b, 'floor_s': fl,
+            json.dump([{'batch': b, 'workload': args.workload, 'floor_s': fl,
                         **{f'{w}_{p}': m for (w, p), m in med.items()}} for b, med, fl in rows], f, indent=2)
 
 
