@@ -5,11 +5,13 @@
     python bench/bench_sampling.py                        # 124M shape, 32-token prompt, 128 new tokens, top_k 40
     python bench/bench_sampling.py --workload controls    # the same with repetition_penalty 1.2, no_repeat_ngram_size 3
     python bench/bench_sampling.py --workload beam        # 4-beam search, batch 1
+    python bench/bench_sampling.py --oneoff               # a one-off 40-token job, process start to exit
     python bench/bench_sampling.py --repeats 1 --new 8 --batch_sizes 1 --precision float32   # a smoke run
 
 Random weights of the real 124M shape are written once as an OpenAI checkpoint (what checkpoint.load
 reads) and copied, tensor for tensor, into a transformers GPT-2 folder (what from_pretrained reads), with
-src/vocab's encoder.json and vocab.bpe as its vocab.json and merges.txt (transformers' GPT-2 tokenizer).  Where ctranslate2 is importable, the transformers folder is converted once into
+src/vocab's encoder.json and vocab.bpe beside each (as vocab.json and merges.txt for transformers' GPT-2
+tokenizer).  Where ctranslate2 is importable, the transformers folder is converted once into
 CTranslate2's (ctranslate2.converters.TransformersConverter, float32: quantization=None).  --peers picks
 the peers (default both; one that cannot be imported is dropped with a note).
 
@@ -63,6 +65,18 @@ Reported per batch size (n/a where a side lacks the precision or the workload ha
                CTranslate2: the compute type it ran
 Ratios compare like with like: ours in precision p / each peer in p (where it has p), and ours /
 CTranslate2 in float32 and in int8 (its fastest forms on a CPU).
+
+--oneoff times a one-off job instead, end to end: each run a fresh process, start to exit, median of
+--repeats, at batch 1 with --top_k, --seed 0 and the fixed 41-token English prompt ONEOFF_PROMPT,
+ONEOFF_LENGTH (40) new tokens.  Ours is the command a user types:
+    python src/interactive_conditional_samples.py --model_name 124M --models_dir FOLDER/ours
+        --prompt PROMPT --length 40 --top_k K --seed 0 --precision P
+(threads: TF_NUM_INTRAOP_THREADS and TF_NUM_INTEROP_THREADS); each peer's is a child mode of this
+script that loads the model and transformers' GPT2TokenizerFast from the transformers folder,
+tokenizes the prompt, draws 40 tokens (transformers: generate; CTranslate2: generate_batch) and prints
+the decoded text.  The machine is warm: every job runs once untimed first, so the OS page cache holds
+the weights and our XLA compile cache the steps; ours runs once more untimed with --json_out, to check
+that it wrote 40 tokens (the peers' children assert it themselves).
 """
 import argparse
 import importlib.util
@@ -85,11 +99,15 @@ PRECISIONS = ('float32', 'bfloat16', 'int8')
 WORKLOADS = ('topk', 'controls', 'beam')
 CONTROLS = dict(repetition_penalty=1.2, no_repeat_ngram_size=3)   # --workload controls, on every side
 BEAMS = 4                                                          # --workload beam
+ONEOFF_PROMPT = ('The old lighthouse keeper climbed the narrow stairs every evening at dusk, lit the great lamp '
+                 'that warned the fishing boats away from the rocks, and then sat by the window to write in his '
+                 'journal until dawn.')
+ONEOFF_LENGTH = 40
 
 
 def prepare(folder, seed, ctranslate2=False):
-    """An OpenAI-layout 124M checkpoint in folder/ours/124M, the same weights in folder/peer (transformers,
-    with the vocabulary); with ctranslate2, folder/peer converted into folder/ct2."""
+    """An OpenAI-layout 124M checkpoint in folder/ours/124M, the same weights in folder/peer (transformers),
+    each with the vocabulary; with ctranslate2, folder/peer converted into folder/ct2."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     import numpy as np
     import model
@@ -120,9 +138,11 @@ def prepare(folder, seed, ctranslate2=False):
                   bos_token_id=50256, eos_token_id=50256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     with open(os.path.join(peer, 'config.json'), 'w') as f:
         json.dump(config, f)
-    # The vocabulary, for transformers' GPT-2 tokenizer: CTranslate2's converter writes it into its folder.
+    # The vocabulary: our sampling script reads it from the model folder; transformers' GPT-2 tokenizer
+    # (and so CTranslate2's converter, which writes it into its folder) from vocab.json and merges.txt.
     vocab = os.path.join(SRC, 'vocab')
     for name, theirs in (('encoder.json', 'vocab.json'), ('vocab.bpe', 'merges.txt')):
+        shutil.copyfile(os.path.join(vocab, name), os.path.join(ours, name))
         shutil.copyfile(os.path.join(vocab, name), os.path.join(peer, theirs))
     if ctranslate2:
         import ctranslate2 as ct2
@@ -298,11 +318,51 @@ def run_floor(batch, threads, precision):
     return min(bench_kernels.floor(hparams, bench_kernels.weights(hparams, tf.as_dtype(precision)), batch).values())
 
 
+def oneoff_transformers(folder, top_k, threads, precision):
+    """A one-off job with transformers: load, tokenize, draw ONEOFF_LENGTH tokens, print the text."""
+    import torch
+    torch.set_num_threads(threads)
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+    if precision == 'int8':
+        raise NotSupported('no CPU int8 in transformers')
+    peer = os.path.join(folder, 'peer')
+    tokenizer = GPT2TokenizerFast.from_pretrained(peer)
+    lm = GPT2LMHeadModel.from_pretrained(peer, dtype=getattr(torch, precision)).eval()
+    ids = torch.tensor([tokenizer.encode(ONEOFF_PROMPT)])
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        out = lm.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=top_k, top_p=1.0,
+                          max_new_tokens=ONEOFF_LENGTH, min_new_tokens=ONEOFF_LENGTH, pad_token_id=50256)
+    new = out[0, ids.shape[1]:].tolist()
+    assert len(new) == ONEOFF_LENGTH, len(new)
+    print(tokenizer.decode(new))
+
+
+def oneoff_ctranslate2(folder, top_k, threads, precision):
+    """A one-off job with CTranslate2: load, tokenize (transformers' tokenizer), draw, print the text."""
+    import ctranslate2
+    generator = ct2_generator(folder, precision, threads)
+    from transformers import GPT2TokenizerFast
+    tokenizer = GPT2TokenizerFast.from_pretrained(os.path.join(folder, 'peer'))
+    ctranslate2.set_random_seed(0)
+    result, = generator.generate_batch([tokenizer.convert_ids_to_tokens(tokenizer.encode(ONEOFF_PROMPT))],
+                                       sampling_topk=top_k, sampling_temperature=1.0, max_length=ONEOFF_LENGTH,
+                                       min_length=ONEOFF_LENGTH, include_prompt_in_result=False)
+    new = result.sequences_ids[0]
+    assert len(new) == ONEOFF_LENGTH, len(new)
+    print(tokenizer.decode(new))
+
+
 def child(args):
     """One measurement, printed as JSON on the last line of stdout: {'na': why} where the side cannot run it."""
     try:
         if args.child == 'floor':
             print(json.dumps({'floor_s': run_floor(args.batch, args.threads, args.precision)}))
+            return
+        if args.child.startswith('oneoff-'):
+            fn = {'oneoff-transformers': oneoff_transformers, 'oneoff-ctranslate2': oneoff_ctranslate2}[args.child]
+            fn(args.folder, args.top_k, args.threads, args.precision)
+            print(json.dumps({}))
             return
         fn = {'transformers': run_transformers, 'ctranslate2': run_ctranslate2}.get(args.child, run_ours)
         result = fn(args.folder, args.batch, args.prompt, args.new, args.top_k, args.threads, args.precision,
@@ -354,6 +414,38 @@ def measure(who, folder, batch, precision, args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def oneoff(who, folder, precision, args, check=False):
+    """Seconds of one one-off job, process start to exit, or {'na': why}.  check: ours writes --json_out
+    too, and its token count is checked (an untimed run: the record costs a draw with scores)."""
+    if who.startswith('ours'):
+        cmd = [sys.executable, os.path.join(SRC, 'interactive_conditional_samples.py'), '--model_name', '124M',
+               '--models_dir', os.path.join(folder, 'ours'), '--prompt', ONEOFF_PROMPT, '--length',
+               str(ONEOFF_LENGTH), '--top_k', str(args.top_k), '--seed', '0', '--precision', precision]
+        record = os.path.join(folder, f'oneoff-{precision}.jsonl')
+        cmd += ['--json_out', record] if check else []
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), '--child', f'oneoff-{who}', '--folder', folder,
+               '--precision', precision, '--top_k', str(args.top_k), '--threads', str(args.threads)]
+    env = dict(child_env(who, folder), TF_NUM_INTRAOP_THREADS=str(args.threads),
+               TF_NUM_INTEROP_THREADS=str(args.threads))
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if who.startswith('ours') and precision == 'int8' and out.returncode:
+        lines = out.stderr.strip().splitlines() or ['(no message)']
+        return {'na': f'not supported: {lines[-1]}'}
+    if out.returncode:
+        sys.exit(f'one-off {who} {precision} failed:\n{out.stderr[-3000:]}')
+    if not who.startswith('ours'):
+        answer = json.loads(out.stdout.strip().splitlines()[-1])
+        return answer if 'na' in answer else seconds
+    if check:
+        with open(record, encoding='utf-8') as f:
+            samples = [json.loads(line) for line in f]
+        assert len(samples) == 1 and len(samples[0]['tokens']) == ONEOFF_LENGTH, [len(s['tokens']) for s in samples]
+    return seconds
+
+
 def cell(value, spec, width, suffix=''):
     return f'{"n/a":>{width}}' if value is None else f'{format(value, spec) + suffix:>{width}}'
 
@@ -388,6 +480,7 @@ def main():
     ap.add_argument('--peers', default=','.join(PEERS), help='comma-separated peers: transformers, ctranslate2')
     ap.add_argument('--workload', default='topk', choices=WORKLOADS,
                     help='topk sampling, the same with controls (repetition penalty, n-gram ban), or 4-beam search')
+    ap.add_argument('--oneoff', action='store_true', help=f'time a one-off {ONEOFF_LENGTH}-token job per side instead')
     ap.add_argument('--json', help='also write the results here')
     ap.add_argument('--child', help=argparse.SUPPRESS)
     ap.add_argument('--folder', help=argparse.SUPPRESS)
@@ -412,6 +505,8 @@ def main():
             peers.remove(peer)
             notes.append(f'{peer} left out: {", ".join(missing)} cannot be imported (pip install {" ".join(missing)})')
     batch_sizes = [int(b) for b in args.batch_sizes.split(',')]
+    if args.oneoff and args.workload != 'topk':
+        sys.exit('--oneoff times the top-k job of interactive_conditional_samples.py; leave --workload out')
     if args.workload == 'beam':
         if batch_sizes != [1]:
             notes.append('beam search runs at batch 1 only: --batch_sizes ignored')
@@ -429,6 +524,8 @@ def main():
         if prep.returncode:
             sys.exit(f'preparing the weights failed:\n{prep.stderr[-3000:]}')
         sides = [f'ours:{f}' for f in forms] + peers
+        if args.oneoff:
+            return report_oneoff(folder, sides, peers, precisions, args, bench_kernels)
         rows = []
         for batch in batch_sizes:
             runs = {(who, p): [] for p in precisions for who in sides}
@@ -477,6 +574,43 @@ def main():
         with open(args.json, 'w') as f:
             json.dump([{'batch': b, 'workload': args.workload, 'floor_s': fl,
                         **{f'{w}_{p}': m for (w, p), m in med.items()}} for b, med, fl in rows], f, indent=2)
+
+
+def report_oneoff(folder, sides, peers, precisions, args, bench_kernels):
+    """--oneoff: every job once untimed (warm caches; ours checked), then --repeats timed runs, alternating."""
+    runs = {}
+    for p in precisions:
+        for who in sides:
+            warm = oneoff(who, folder, p, args)
+            if who.startswith('ours') and not isinstance(warm, dict):
+                oneoff(who, folder, p, args, check=True)
+            runs[who, p] = [warm] if isinstance(warm, dict) else []
+    for _ in range(args.repeats):
+        for (who, p), rs in runs.items():
+            if not rs or not isinstance(rs[0], dict):
+                rs.append(oneoff(who, folder, p, args))
+    med = {key: rs[0] if isinstance(rs[0], dict) else {'wall_s': statistics.median(rs)} for key, rs in runs.items()}
+    print(f'CPU: {bench_kernels.cpu_model()}')
+    import encoder
+    prompt = len(encoder.get_encoder('124M', os.path.join(folder, 'ours')).encode(ONEOFF_PROMPT))
+    print(f'One-off job: GPT-2 124M shape, {args.threads} threads, a {prompt}-token prompt, '
+          f'{ONEOFF_LENGTH} new tokens, top_k {args.top_k}, seed 0; seconds from process start to exit, median of '
+          f'{args.repeats}, after one untimed run each (page cache and compile cache warm)')
+    print(f'{"":>16} {"precision":>9} {"wall s":>8}')
+    for (who, p), m in med.items():
+        print(f'{who:>16} {p:>9} ' + (f'{m["wall_s"]:>8.2f}' if 'na' not in m else f' n/a ({m["na"]})'))
+    for who in sides:
+        if not who.startswith('ours'):
+            continue
+        for p in precisions:
+            if 'na' in med[who, p]:
+                continue
+            for peer, q in baselines(med, peers, p):
+                print(f'{"ratio " + who.partition(":")[2]:>16} {p:>9} '
+                      f'{med[who, p]["wall_s"] / med[peer, q]["wall_s"]:>7.2f}x  (ours in {p} / {peer} in {q})')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'oneoff': {f'{w}_{p}': m for (w, p), m in med.items()}}, f, indent=2)
 
 
 if __name__ == '__main__':
