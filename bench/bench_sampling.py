@@ -64,7 +64,9 @@ Reported per batch size (n/a where a side lacks the precision or the workload ha
                forced with --ours (graph, xla, xla+copies: GPT2_XLA / GPT2_TRANSPOSED_COPIES);
                CTranslate2: the compute type it ran
 Ratios compare like with like: ours in precision p / each peer in p (where it has p), and ours /
-CTranslate2 in float32 and in int8 (its fastest forms on a CPU).
+CTranslate2 in float32 and in int8 (its fastest forms on a CPU).  Measure on a quiet machine: the
+peers' OpenMP threads suffer far more than ours from other load (CTranslate2 at 2 threads on 2 busy
+cores once decoded 30x slower than on idle ones).
 
 --oneoff times a one-off job instead, end to end: each run a fresh process, start to exit, median of
 --repeats, at batch 1 with --top_k, --seed 0 and the fixed 41-token English prompt ONEOFF_PROMPT,
