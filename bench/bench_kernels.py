@@ -31,6 +31,9 @@ sys.path.insert(0, os.path.join(HERE, '..', 'src'))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
+DTYPES = ('float32', 'bfloat16')   # the weight precisions weights() and floor() time (bench_sampling asks)
+
+
 def cpu_model():
     """The CPU's model name (lscpu's 'Model name'), and whether it has AVX512-BF16 / AMX."""
     name, flags = platform.processor() or platform.machine(), set()
@@ -239,7 +242,7 @@ def floor(hparams, params, rows, steps=10, rounds=3):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--batch_sizes', default='1,8')
-    ap.add_argument('--dtypes', default='float32,bfloat16')
+    ap.add_argument('--dtypes', default=','.join(DTYPES))
     ap.add_argument('--capacity', type=int, default=192, help='cache slots (prompt 32 + 128 new, rounded to 64)')
     ap.add_argument('--pos', type=int, default=96, help='the position decoded (how much cache is attended)')
     ap.add_argument('--steps', type=int, default=15, help='calls per form per round (median kept)')
