@@ -30,6 +30,7 @@ import encoder
 import eval as ev
 import files
 import model
+import quantize
 import watermark
 
 EOT = ev.EOT
@@ -57,7 +58,7 @@ class Scorer:
 
         @tf.function(input_signature=[spec, spec])
         def score(inputs, targets):
-            logits = model.model(hparams, inputs, params=params)['logits']          # [batch, seq, n_vocab]
+            logits = model.model(hparams, inputs, params=params, matmul=quantize.compiled_matmul)['logits']          # [batch, seq, n_vocab]
             logp = tf.nn.log_softmax(logits)
             p = tf.exp(logp)
             target_logit = tf.gather(logits, targets, batch_dims=2)                  # [batch, seq]

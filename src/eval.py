@@ -62,6 +62,7 @@ import encoder
 import checkpoint
 import files
 import model
+import quantize
 
 EOT = 50256  # <|endoftext|>
 FORMATS = ('auto', 'text', 'lines', 'jsonl')
@@ -181,7 +182,7 @@ class Scorer:
 
         @tf.function(input_signature=[spec, spec])
         def score(inputs, targets):
-            logits = model.model(hparams, inputs, params=params)['logits']
+            logits = model.model(hparams, inputs, params=params, matmul=quantize.compiled_matmul)['logits']
             # log-sum-exp form: stable for any logits.
             nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
             hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), targets)

@@ -107,7 +107,8 @@ class GPT2(tf.Module):
         """tokens int32 [batch, seq] -> {'logits': float32 [batch, seq, n_vocab]}."""
         with tf.control_dependencies(self._check_tokens(tokens)):
             tokens = tf.identity(tokens)
-        out = model.model(self.hparams, tokens, params=self._params())
+        out = model.model(self.hparams, tokens, params=self._params(),
+                          matmul=quantize.compiled_matmul if self.xla else None)
         return {'logits': tf.cast(out['logits'], tf.float32)}
 
     SETTINGS = [tf.TensorSpec([None, None], tf.int32, name='tokens'), tf.TensorSpec([], tf.int32, name='length'),
@@ -159,7 +160,8 @@ class GPT2(tf.Module):
             bucket = CAPACITY_STEP if self.xla else 1   # XLA compiles once per capacity; plain TensorFlow need not
             capacity = tf.minimum(h['n_ctx'], (n + length + bucket - 1) // bucket * bucket)
             start = tf.zeros([tf.shape(tokens)[0]], tf.int32)
-            logits, buffers, pending = decode.prefill(h, params, tokens, start, capacity)
+            logits, buffers, pending = decode.prefill(h, params, tokens, start, capacity,
+                                                      quantize.compiled_matmul if self.xla else None)
             if mark is not None:
                 logits = watermark.bias_logits(logits, tokens[:, -1], *mark)
             first = decode.draw(logits, tf.stack([seed, 0]), temperature, top_k, top_p)[0]

@@ -119,6 +119,7 @@ def _stream(hparams, params, rows, length, keep, d, seed, forced):
     n_ctx = hparams['n_ctx']
     params = _tensors(params)
     steps = steps_for(hparams, params['model/wte'].dtype)
+    int8 = steps.dtype == tf.int8
     buffers = steps.new_buffers()
     seeds = lambda i: tf.constant([seed % 2**31, i], tf.int32)
     # Every row's tokens, right-aligned: column `longest` holds each row's first new token.
@@ -141,7 +142,9 @@ def _stream(hparams, params, rows, length, keep, d, seed, forced):
             base = window.min()
             start = tf.constant(window - base, tf.int32)   # each row's first real slot
             capacity = min(n_ctx, _round_up(t - base + length - i, 64))
-            logits, values, pending = decode.prefill(hparams, params, tf.constant(tokens[:, base:t]), start, capacity)
+            with speed.compiling() if int8 else contextlib.nullcontext():   # int8: XLA compiles its matmuls
+                logits, values, pending = decode.prefill(hparams, params, tf.constant(tokens[:, base:t]), start,
+                                                         capacity, quantize.compiled_matmul)
             for buffer, value in zip(tf.nest.flatten(buffers), tf.nest.flatten(values)):
                 buffer.assign(value)
             token, scores = steps.draw(d, tokens.shape[1])(logits, seeds(i), prev, history(t, i))
@@ -469,7 +472,8 @@ def beam_search(*, hparams, params, context, length, num_beams, length_penalty=1
         tokens_row[longest - len(row):longest] = row
     start = tf.constant([longest - len(r) for r in beam_rows], tf.int32)
     capacity = min(n_ctx, _round_up(longest + length, 64))
-    logits, buffers, pending = decode.prefill(hparams, params, tf.constant(tokens[:, :longest]), start, capacity)
+    matmul = quantize.compiled_matmul
+    logits, buffers, pending = decode.prefill(hparams, params, tf.constant(tokens[:, :longest]), start, capacity, matmul)
     scores = controls.first_beam_scores(len(rows), k).numpy()
     done = [False] * len(rows)
     for i, t in enumerate(range(longest, longest + length)):
@@ -500,7 +504,7 @@ def beam_search(*, hparams, params, context, length, num_beams, length_penalty=1
         gather = tf.constant(order, tf.int32)
         buffers = tf.nest.map_structure(lambda b: tf.gather(b, gather), buffers)   # the caches follow (copied)
         logits, pending, buffers = decode.step(hparams, params, buffers, tf.gather(pending, gather),
-                                               tf.constant(new_tokens, tf.int32), tf.constant(t), start)
+                                               tf.constant(new_tokens, tf.int32), tf.constant(t), start, matmul)
     if not all(done):
         tokens = tokens[order]
         tokens[:, t] = new_tokens

@@ -53,7 +53,8 @@ def xla_available():
     """Whether this TensorFlow compiles with XLA (tried once, on a tiny function)."""
     if not _xla:
         try:
-            tf.function(lambda x: x + 1, jit_compile=True)(tf.zeros([1])).numpy()
+            with tf.init_scope():   # eagerly, also when first asked while a function is traced
+                tf.function(lambda x: x + 1, jit_compile=True)(tf.zeros([1])).numpy()
             _xla.append(True)
         except (tf.errors.OpError, ValueError, NotImplementedError):
             _xla.append(False)
