@@ -257,7 +257,7 @@ def test_failed_export_is_one_line_and_leaves_nothing(tiny, tmp_path, capsys, ca
     models, _ = tiny
     out = tmp_path / 'new' / 'exp'
     args = dict(model_name='tiny', models_dir=models, out=str(out))
-    expected = {'missing model': 'model nope not found', 'bad precision': "--precision must be one of float32, bfloat16, got 'float16'",
+    expected = {'missing model': 'model nope not found', 'bad precision': "--precision must be one of float32, bfloat16, int8, got 'float16'",
                 'out under a file': 'Not a directory', 'bad version': '--version must be an integer >= 1'}[case]
     if case == 'missing model':
         args['model_name'] = 'nope'

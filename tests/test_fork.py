@@ -17,8 +17,8 @@ FORKING = os.path.join(ROOT, 'docs', 'forking.md')
 # A second edit on top of RoPE: a new tensor, a learned gain on the token embedding.
 GAIN = [('checkpoint.py', "    shapes.update({f'{scope}/ln_f/g': [e], f'{scope}/ln_f/b': [e]})\n",
          "    shapes.update({f'{scope}/ln_f/g': [e], f'{scope}/ln_f/b': [e]})\n    shapes[f'{scope}/emb/g'] = [e]\n"),
-        ('model.py', "    h = tf.gather(params[scope + '/wte'], X)\n",
-         "    h = tf.gather(params[scope + '/wte'], X) * params[scope + '/emb/g']\n")]
+        ('model.py', "    h = embed(params, scope + '/wte', X)\n",
+         "    h = embed(params, scope + '/wte', X) * params[scope + '/emb/g']\n")]
 
 
 def documented_diff():
