@@ -328,8 +328,10 @@ class Steps:
     def draws_in_step(xla, d):
         """Whether the step draws the next token itself: greedy and top-k under XLA (one call per token, and
         XLA's top-k is faster than TensorFlow's).  A draw from the whole vocabulary sorts or samples 50k
-        logits, which XLA on CPU does slower, so that runs after the step."""
-        return xla and (d.temperature == 0 or d.top_k > 0)
+        logits, which XLA on CPU does slower, so that runs after the step; so do the controls that read the
+        history (their scatter into [batch, n_vocab] masks is a loop under XLA on CPU: 6 tok/s at 124M with
+        repetition_penalty alone, and no_repeat_ngram_size exhausted LLVM's memory)."""
+        return xla and (d.temperature == 0 or d.top_k > 0) and not d.needs_history
 
     def prepare(self, params, form, settings):
         """The weights as the step in `form` multiplies with: {'params': the checkpoint's tensors (variables
