@@ -451,6 +451,14 @@ def beam_search(*, hparams, params, context, length, num_beams, length_penalty=1
     Hugging Face's.  context: prompts (token lists, may differ in length).  Returns, per prompt, the
     num_return_sequences best as (new tokens, score), best first.  The prompt and length must fit the
     context: beam search does not cut past it."""
+    int8 = any(v.dtype == tf.int8 for v in params.values()) if isinstance(params, dict) else False
+    with speed.compiling() if int8 else contextlib.nullcontext():   # int8: XLA compiles (or loads) its matmuls
+        return _beam_search(hparams, params, context, length, num_beams, length_penalty, early_stopping,
+                            num_return_sequences, stop_at_endoftext)
+
+
+def _beam_search(hparams, params, context, length, num_beams, length_penalty, early_stopping, num_return_sequences,
+                 stop_at_endoftext):
     rows = _context_rows(hparams, None, None, context)
     for name, value, low in (('length', length, 1), ('num_beams', num_beams, 1), ('num_return_sequences',
                                                                                    num_return_sequences, 1)):

@@ -1,7 +1,6 @@
 """8-bit weights (--precision int8, quantize.py): the quantisation against its definition written out in
 numpy, the logits against a numpy forward pass that multiplies the same way, every step form against full
 passes, a trained model's greedy tokens and perplexity against float32, and the scripts end to end."""
-import json
 import os
 
 import numpy as np
@@ -17,7 +16,7 @@ import sample
 import speed
 from conftest import ZEN
 from test_model import np_gpt2
-from test_precision import script
+from test_precision import eval_perplexities, script
 from test_sample import logits_after_each_token
 
 
@@ -154,17 +153,7 @@ def test_trained_model_int8_greedy_agrees_with_float32(zen):
 
 
 def test_eval_perplexity_in_int8_is_within_two_percent(zen, tmp_path):
-    models_dir, model_name = zen
-    (tmp_path / 'zen.txt').write_text(ZEN)
-    ppl = {}
-    for p in ('float32', 'int8'):
-        r = script('eval.py', 'perplexity', '--data', str(tmp_path / 'zen.txt'), '--models_dir', models_dir,
-                   '--model_name', model_name, '--precision', p, '--json_out', str(tmp_path / f'{p}.json'),
-                   '--noprogress')
-        assert r.returncode == 0, r.stderr
-        saved = json.loads((tmp_path / f'{p}.json').read_text())
-        assert saved['settings']['precision'] == p
-        ppl[p] = saved['ppl_token']
+    ppl = eval_perplexities(zen, tmp_path, ('float32', 'int8'))
     assert ppl['float32'] < 10   # trained on this text
     assert ppl['int8'] == pytest.approx(ppl['float32'], rel=0.02) and ppl['int8'] != ppl['float32']
 
@@ -177,7 +166,7 @@ def test_sampling_scripts_in_int8_continue_the_trained_text(zen, name):
     if name.startswith('interactive'):
         args += ['--prompt', 'Beautiful is']
     r = script(name, *args)
-    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr   # (TensorFlow's log lines differ by CPU)
     text = r.stdout.split(' SAMPLE 1 ')[1].split('\n', 1)[1].strip()
     assert len(text) > 20 and text.split('\n')[0].strip() in ZEN, text
 
